@@ -1,0 +1,42 @@
+// qlinear: the command-line tool. See README.md and docs/api.md.
+#include <cstdio>
+#include <cstring>
+
+#include "client/offline_commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: qlinear <command> [flags]\n"
+    "\n"
+    "offline commands (no server needed):\n"
+    "  quantize   --in IN.safetensors --out OUT.safetensors [--bits B]\n"
+    "             [--group-size G] [--mode affine|mxfp4|mxfp8|nvfp4]\n"
+    "  dequantize --in Q.safetensors --out F.safetensors [--dtype f32|f16|bf16]\n"
+    "             [--bits B] [--group-size G] [--mode M]\n"
+    "  inspect    FILE.safetensors [--bits B] [--group-size G] [--mode M]\n"
+    "  demo       [--n N] [--k K] [--bits B] [--group-size G] [--mode M]\n"
+    "             [--dtype f32|f16|bf16] [--seed S]\n"
+    "\n"
+    "exit status: 0 success, 2 bad usage, 1 any other failure\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const char* command = argv[1];
+  if (std::strcmp(command, "help") == 0 || std::strcmp(command, "--help") == 0 ||
+      std::strcmp(command, "-h") == 0) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (std::strcmp(command, "quantize") == 0) return qlinear::RunQuantize(argc, argv);
+  if (std::strcmp(command, "dequantize") == 0) return qlinear::RunDequantize(argc, argv);
+  if (std::strcmp(command, "inspect") == 0) return qlinear::RunInspect(argc, argv);
+  if (std::strcmp(command, "demo") == 0) return qlinear::RunDemo(argc, argv);
+  std::fprintf(stderr, "qlinear: unknown command '%s'\n%s", command, kUsage);
+  return 2;
+}

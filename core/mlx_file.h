@@ -1,0 +1,91 @@
+// MLX / mlx-lm quantized checkpoints: how a file says what it holds.
+//
+// A quantized layer P is the triplet P.weight (U32 packed codes), P.scales and
+// (affine only) P.biases, exactly as mlx-lm writes them. Packed shapes alone
+// are ambiguous ([N,512] + [N,64] fits b4/g64, b8/g32 and b2/g128), so each
+// layer's parameters are resolved, field by field, from:
+//   1. explicit overrides (CLI flags),
+//   2. the file's "__metadata__" key "quantization": a JSON string holding
+//      mlx-lm's config.json "quantization" object (global group_size, bits,
+//      mode, plus per-layer objects keyed by the layer path),
+//   3. the "quantization" (or "quantization_config") object of a config.json
+//      beside the file.
+// When none applies, resolution fails naming the layer and the candidates
+// that fit its shapes: it never guesses.
+#ifndef QLINEAR_CORE_MLX_FILE_H_
+#define QLINEAR_CORE_MLX_FILE_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/quant_params.h"
+#include "core/quantize.h"
+#include "core/safetensors.h"
+
+namespace qlinear {
+
+// PartialQuantParams: any subset of mode, bits and group size.
+struct PartialQuantParams {
+  std::optional<QuantMode> mode;
+  std::optional<int> bits;
+  std::optional<int> group_size;
+  bool empty() const { return !mode && !bits && !group_size; }
+};
+
+// QuantizationConfig is mlx-lm's "quantization" object.
+struct QuantizationConfig {
+  PartialQuantParams global;
+  std::map<std::string, PartialQuantParams> layers;
+  std::vector<std::string> unquantized;  // layers mapped to false
+
+  // FromJson parses the object (as text). INVALID_ARGUMENT on malformed JSON
+  // or wrongly typed fields.
+  static absl::StatusOr<QuantizationConfig> FromJson(absl::string_view text);
+  // ForParams gives {"group_size": G, "bits": B, "mode": M}.
+  static std::string ToJson(const QuantParams& params);
+  // Lookup returns the per-layer entry if any, else the global one (possibly
+  // empty).
+  PartialQuantParams Lookup(const std::string& layer) const;
+};
+
+// QuantizationSources gathers everything resolution may consult for one file.
+struct QuantizationSources {
+  PartialQuantParams overrides;
+  std::optional<QuantizationConfig> metadata;     // from __metadata__
+  std::optional<QuantizationConfig> config_json;  // from config.json beside
+
+  // Load reads the metadata of `file` and the config.json in the folder of
+  // `path` (when present). INVALID_ARGUMENT when either is malformed.
+  static absl::StatusOr<QuantizationSources> Load(
+      const std::string& path, const SafetensorsFile& file,
+      const PartialQuantParams& overrides);
+};
+
+// FindQuantizedLayers lists the prefixes P with a U32 P.weight and a P.scales.
+std::vector<std::string> FindQuantizedLayers(const SafetensorsFile& file);
+
+// ResolveLayerParams decides the parameters of `layer` (see the file comment)
+// and checks that they fit its tensors' shapes. INVALID_ARGUMENT otherwise.
+absl::StatusOr<QuantParams> ResolveLayerParams(const SafetensorsFile& file,
+                                               const std::string& layer,
+                                               const QuantizationSources& sources);
+
+// LoadQuantizedLayer copies the triplet of `layer` into a QuantizedMatrix,
+// validating dtypes, shapes and values against `params`. INVALID_ARGUMENT
+// naming the tensor and what was expected otherwise.
+absl::StatusOr<QuantizedMatrix> LoadQuantizedLayer(const SafetensorsFile& file,
+                                                   const std::string& layer,
+                                                   const QuantParams& params);
+
+// QuantizedTensors returns views of q's tensors named P.weight, P.scales and
+// (affine) P.biases, for WriteSafetensors. They borrow from q.
+std::vector<TensorToWrite> QuantizedTensors(const std::string& layer,
+                                            const QuantizedMatrix& q);
+
+}  // namespace qlinear
+
+#endif  // QLINEAR_CORE_MLX_FILE_H_
