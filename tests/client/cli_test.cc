@@ -1,1 +1,263 @@
+// Drives the real `qlinear` binary: quantize a multi-layer file, inspect it,
+// dequantize it back, and check files, output and exit statuses.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "core/half.h"
+#include "core/mlx_file.h"
+#include "core/quantize.h"
+#include "core/safetensors.h"
+
+namespace qlinear {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "qlinear_cli_" + std::to_string(getpid()) + "_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    ASSERT_EQ(std::system(("rm -rf '" + dir_ + "' && mkdir -p '" + dir_ + "'").c_str()), 0);
+  }
+  void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
+
+  RunResult Run(const std::string& args) {
+    const std::string out = dir_ + "/stdout", err = dir_ + "/stderr";
+    const std::string cmd = std::string(QLINEAR_BINARY) + " " + args + " >'" + out +
+                            "' 2>'" + err + "'";
+    const int status = std::system(cmd.c_str());
+    RunResult r;
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = ReadFile(out);
+    r.err = ReadFile(err);
+    return r;
+  }
+
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+  std::vector<uint8_t> Random(DType dtype, size_t count, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 0.05f);
+    std::vector<uint8_t> v(count * DTypeSize(dtype));
+    for (size_t i = 0; i < count; ++i) StoreFloat(dtype, v.data(), i, normal(rng));
+    return v;
+  }
+
+  // A small two-layer model: an F16 layer with a bias, an F32 layer, a layer
+  // whose K does not divide by 64, and an int tensor.
+  void WriteModel(const std::string& path) {
+    q_w_ = Random(DType::kF16, 32 * 128, 1);
+    q_b_ = Random(DType::kF16, 32, 2);
+    o_w_ = Random(DType::kF32, 16 * 64, 3);
+    odd_w_ = Random(DType::kF32, 8 * 48, 4);
+    ids_ = std::vector<uint8_t>(8 * 8, 7);
+    ASSERT_TRUE(WriteSafetensors(
+                    path,
+                    {{"layers.0.q_proj.weight", DType::kF16, {32, 128}, absl::MakeConstSpan(q_w_)},
+                     {"layers.0.q_proj.bias", DType::kF16, {32}, absl::MakeConstSpan(q_b_)},
+                     {"layers.0.o_proj.weight", DType::kF32, {16, 64}, absl::MakeConstSpan(o_w_)},
+                     {"layers.0.odd.weight", DType::kF32, {8, 48}, absl::MakeConstSpan(odd_w_)},
+                     {"position_ids", DType::kI64, {8}, absl::MakeConstSpan(ids_)}},
+                    {{"origin", "cli_test"}})
+                    .ok());
+  }
+
+  std::string dir_;
+  std::vector<uint8_t> q_w_, q_b_, o_w_, odd_w_, ids_;
+};
+
+std::vector<uint8_t> Bytes(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.Find(name);
+  if (t == nullptr) return {};
+  auto d = f.Data(*t);
+  return {d.begin(), d.end()};
+}
+
+TEST_F(CliTest, QuantizeInspectDequantizeRoundTrip) {
+  WriteModel(Path("model.safetensors"));
+  RunResult r = Run("quantize --in " + Path("model.safetensors") + " --out " +
+                    Path("q.safetensors") + " --bits 4 --group-size 64");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("layers.0.q_proj: [32, 128] F16 -> affine b4 g64"));
+  EXPECT_THAT(r.out, HasSubstr("layers.0.o_proj: [16, 64] F32 -> affine b4 g64"));
+  EXPECT_THAT(r.out, HasSubstr("rel_fro_err="));
+  EXPECT_THAT(r.err, HasSubstr("'layers.0.odd.weight'"));
+  EXPECT_THAT(r.err, HasSubstr("copied unquantized"));
+
+  auto q = SafetensorsFile::Open(Path("q.safetensors"));
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ((*q)->metadata().at("format"), "mlx");
+  EXPECT_EQ((*q)->metadata().at("origin"), "cli_test");
+  auto config = QuantizationConfig::FromJson((*q)->metadata().at("quantization"));
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->global.bits, 4);
+  EXPECT_EQ(config->global.group_size, 64);
+  EXPECT_EQ(config->global.mode, QuantMode::kAffine);
+  // The packed tensors are exactly what the core produces (and the core is
+  // bit-exact with MLX: golden_test).
+  auto want = Quantize({QuantMode::kAffine, 4, 64}, DType::kF16, q_w_.data(), 32, 128);
+  ASSERT_TRUE(want.ok());
+  const TensorInfo* wq = (*q)->Find("layers.0.q_proj.weight");
+  ASSERT_NE(wq, nullptr);
+  EXPECT_EQ(wq->dtype, DType::kU32);
+  EXPECT_EQ(wq->shape, (std::vector<int64_t>{32, 16}));
+  EXPECT_EQ(Bytes(**q, "layers.0.q_proj.scales"), want->scales);
+  EXPECT_EQ(Bytes(**q, "layers.0.q_proj.biases"), want->biases);
+  EXPECT_EQ((*q)->Find("layers.0.q_proj.scales")->dtype, DType::kF16);
+  EXPECT_EQ(Bytes(**q, "layers.0.q_proj.bias"), q_b_);
+  EXPECT_EQ(Bytes(**q, "layers.0.odd.weight"), odd_w_);
+  EXPECT_EQ(Bytes(**q, "position_ids"), ids_);
+
+  r = Run("inspect " + Path("q.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("quantized layers: 2"));
+  EXPECT_THAT(r.out, HasSubstr("layers.0.q_proj: N=32 K=128 affine b4 g64 scales F16 +bias"));
+  EXPECT_THAT(r.out, HasSubstr("layers.0.o_proj: N=16 K=64 affine b4 g64 scales F32"));
+  EXPECT_THAT(r.out, HasSubstr("position_ids"));
+
+  r = Run("dequantize --in " + Path("q.safetensors") + " --out " + Path("dq.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto dq = SafetensorsFile::Open(Path("dq.safetensors"));
+  ASSERT_TRUE(dq.ok()) << dq.status();
+  EXPECT_EQ((*dq)->Find("layers.0.q_proj.scales"), nullptr);
+  EXPECT_EQ((*dq)->metadata().count("quantization"), 0u);
+  const TensorInfo* w = (*dq)->Find("layers.0.q_proj.weight");
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->dtype, DType::kF16);  // MLX's default: the scales' dtype
+  EXPECT_EQ(w->shape, (std::vector<int64_t>{32, 128}));
+  std::vector<uint8_t> expect(32 * 128 * 2);
+  Dequantize(*want, DType::kF16, expect.data());
+  EXPECT_EQ(Bytes(**dq, "layers.0.q_proj.weight"), expect);
+  EXPECT_EQ(Bytes(**dq, "layers.0.q_proj.bias"), q_b_);
+  EXPECT_EQ((*dq)->Find("layers.0.o_proj.weight")->dtype, DType::kF32);
+
+  r = Run("dequantize --in " + Path("q.safetensors") + " --out " +
+          Path("dq32.safetensors") + " --dtype f32");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto dq32 = SafetensorsFile::Open(Path("dq32.safetensors"));
+  ASSERT_TRUE(dq32.ok());
+  EXPECT_EQ((*dq32)->Find("layers.0.q_proj.weight")->dtype, DType::kF32);
+}
+
+TEST_F(CliTest, FpModesDefaultToBf16OnDequantize) {
+  WriteModel(Path("model.safetensors"));
+  RunResult r = Run("quantize --in " + Path("model.safetensors") + " --out " +
+                    Path("q.safetensors") + " --mode mxfp4");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("-> mxfp4 b4 g32"));
+  // 48 divides by 16 but not by 32: copied for mxfp4.
+  EXPECT_THAT(r.err, HasSubstr("'layers.0.odd.weight'"));
+  auto q = SafetensorsFile::Open(Path("q.safetensors"));
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ((*q)->Find("layers.0.q_proj.scales")->dtype, DType::kU8);
+  EXPECT_EQ((*q)->Find("layers.0.q_proj.biases"), nullptr);
+  r = Run("dequantize --in " + Path("q.safetensors") + " --out " + Path("dq.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto dq = SafetensorsFile::Open(Path("dq.safetensors"));
+  ASSERT_TRUE(dq.ok());
+  EXPECT_EQ((*dq)->Find("layers.0.q_proj.weight")->dtype, DType::kBF16);
+}
+
+TEST_F(CliTest, ParametersComeFromFlagsMetadataOrConfigJsonNeverGuessed) {
+  // A triplet without metadata: dequantize must refuse, naming the layer.
+  auto q = Quantize({QuantMode::kAffine, 8, 32}, DType::kF32, Random(DType::kF32, 4 * 64, 5).data(), 4, 64);
+  ASSERT_TRUE(q.ok());
+  ASSERT_TRUE(WriteSafetensors(Path("bare.safetensors"), QuantizedTensors("lin", *q), {}).ok());
+  RunResult r = Run("dequantize --in " + Path("bare.safetensors") + " --out " + Path("o.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("layer 'lin'"));
+  EXPECT_THAT(r.err, HasSubstr("affine b8 g32"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  // Flags resolve it.
+  r = Run("dequantize --in " + Path("bare.safetensors") + " --out " +
+          Path("o.safetensors") + " --bits 8 --group-size 32");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Flags that do not fit the shapes are refused.
+  r = Run("dequantize --in " + Path("bare.safetensors") + " --out " +
+          Path("o.safetensors") + " --bits 4 --group-size 32");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("lin.scales"));
+  // A config.json beside the file resolves it too.
+  std::ofstream(Path("config.json")) << R"({"quantization": {"group_size": 32, "bits": 8}})";
+  r = Run("inspect " + Path("bare.safetensors"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("lin: N=4 K=64 affine b8 g32"));
+}
+
+TEST_F(CliTest, BadUsageExitsTwoAndFailuresExitOne) {
+  EXPECT_EQ(Run("").exit_code, 2);
+  EXPECT_EQ(Run("frobnicate").exit_code, 2);
+  EXPECT_EQ(Run("help").exit_code, 0);
+  RunResult r = Run("quantize --in a --out b --bits 7");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("got 7"));
+  r = Run("quantize --in a");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--out"));
+  r = Run("quantize --in a --out b --colour red");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("unknown flag --colour"));
+  EXPECT_EQ(Run("quantize --in a --out b --mode int4").exit_code, 2);
+  EXPECT_EQ(Run("dequantize --in a --out b --dtype f64").exit_code, 2);
+  EXPECT_EQ(Run("inspect").exit_code, 2);
+  r = Run("inspect " + Path("missing.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("missing.safetensors"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  std::ofstream(Path("junk.safetensors")) << "not a safetensors file";
+  r = Run("quantize --in " + Path("junk.safetensors") + " --out " + Path("o.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("safetensors"));
+}
+
+TEST_F(CliTest, NonFiniteWeightsFailNamingTensorRowAndColumn) {
+  std::vector<float> w(4 * 64, 0.5f);
+  w[2 * 64 + 5] = NAN;
+  ASSERT_TRUE(WriteSafetensors(Path("nan.safetensors"),
+                               {{"bad.weight", DType::kF32, {4, 64},
+                                 absl::Span<const uint8_t>(
+                                     reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4)}},
+                               {})
+                  .ok());
+  RunResult r = Run("quantize --in " + Path("nan.safetensors") + " --out " + Path("o.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("'bad.weight'"));
+  EXPECT_THAT(r.err, HasSubstr("row 2, column 5"));
+  EXPECT_NE(access(Path("o.safetensors").c_str(), F_OK), 0) << "no output on failure";
+}
+
+TEST_F(CliTest, DemoPrintsAnErrorReport) {
+  RunResult r = Run("demo --n 64 --k 256");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("demo layer: [64, 256] F32, seed 0 -> affine b4 g64"));
+  EXPECT_THAT(r.out, HasSubstr("rel_fro_err="));
+  EXPECT_THAT(r.out, Not(HasSubstr("nan")));
+}
+
+}  // namespace
+}  // namespace qlinear
