@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -25,12 +26,23 @@ absl::StatusOr<PartialQuantParams> ParsePartial(const Json& obj,
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": 'mode' must be a string; got ", it->dump()));
     }
-    QLINEAR_ASSIGN_OR_RETURN(p.mode, ParseQuantMode(it->get<std::string>()));
+    auto mode = ParseQuantMode(it->get<std::string>());
+    if (!mode.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", mode.status().message()));
+    }
+    p.mode = *mode;
   }
   for (const char* field : {"bits", "group_size"}) {
     auto it = obj.find(field);
     if (it == obj.end() || it->is_null()) continue;
-    if (!it->is_number_integer()) {
+    // get<int>() would silently wrap values outside int (2^32 + 4 -> 4).
+    const bool in_range =
+        it->is_number_unsigned()
+            ? it->get<uint64_t>() <= static_cast<uint64_t>(INT_MAX)
+            : it->is_number_integer() && it->get<int64_t>() >= INT_MIN &&
+                  it->get<int64_t>() <= INT_MAX;
+    if (!in_range) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": '", field, "' must be an integer; got ", it->dump()));
     }
