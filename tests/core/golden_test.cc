@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "core/half.h"
+#include "core/kernels/qmm.h"
 #include "core/quantize.h"
 #include "core/reference.h"
 #include "core/safetensors.h"
@@ -190,6 +191,36 @@ TEST_P(GoldenFileTest, ReferenceForwardIsAccurate) {
     const double ours = NormalisedError(y, exact);
     const double theirs = NormalisedError(mlx_y, exact);
     EXPECT_LE(ours, theirs) << "ours " << ours << " vs MLX " << theirs;
+  }
+}
+
+// The fast kernels, on every target this machine runs, stay within the same
+// tolerances as the reference.
+TEST_P(GoldenFileTest, FastKernelsAreAccurate) {
+  const QuantizedMatrix q = GoldenQuantized();
+  const PackedMatrix packed = PackedMatrix::Pack(q);
+  const TensorInfo* x = file_->Find("x");
+  ASSERT_NE(x, nullptr);
+  const int64_t m = x->shape[0];
+  const std::vector<uint8_t> xb = Bytes("x");
+  const std::vector<float> mlx_y = Floats("y");
+  const std::vector<float> exact = Floats("y_f32ref");
+  for (SimdTarget target : {SimdTarget::kPortable, SimdTarget::kAvx2, SimdTarget::kAvx512}) {
+    if (!SimdTargetSupported(target)) continue;
+    std::vector<uint8_t> yb(static_cast<size_t>(m * n_) * DTypeSize(dtype_));
+    QuantizedMatmul(packed, x->dtype, xb.data(), m, nullptr, dtype_, yb.data(),
+                    {.target = target});
+    std::vector<float> y;
+    for (size_t i = 0; i < static_cast<size_t>(m * n_); ++i) {
+      y.push_back(LoadFloat(dtype_, yb.data(), i));
+      ASSERT_TRUE(std::isfinite(y.back())) << SimdTargetName(target) << " output " << i;
+    }
+    if (dtype_ == DType::kF32) {
+      EXPECT_LE(NormalisedError(y, mlx_y), 1e-5) << SimdTargetName(target);
+    } else if (!AnyNaN(exact)) {
+      EXPECT_LE(NormalisedError(y, exact), NormalisedError(mlx_y, exact))
+          << SimdTargetName(target);
+    }
   }
 }
 

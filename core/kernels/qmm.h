@@ -1,0 +1,86 @@
+// Fast quantized matrix products: y = x · dequantize(W)ᵀ (+ bias) for every
+// format, on the best SIMD target of this CPU, in parallel with oneTBB.
+//
+//   PackedMatrix w = PackedMatrix::Pack(q);   // once, at load time
+//   QuantizedMatmul(w, DType::kF32, x, m, bias, DType::kF32, y, {.arena = &a});
+//
+// Results are batch-invariant and deterministic: each output is computed by
+// one fixed sequence of float32 fused multiply-adds (kernel_args.h), so a
+// row's bits never depend on the other rows of the batch, the batch size,
+// the thread count or the SIMD target (AVX-512, AVX2+FMA, portable).
+//
+// Thread safety: a PackedMatrix is immutable after Pack; any number of
+// threads may run QuantizedMatmul on it at once.
+#ifndef QLINEAR_CORE_KERNELS_QMM_H_
+#define QLINEAR_CORE_KERNELS_QMM_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "core/dtype.h"
+#include "core/kernels/kernel_args.h"
+#include "core/quantize.h"
+
+#include "tbb/task_arena.h"
+
+namespace qlinear {
+
+enum class SimdTarget { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+absl::string_view SimdTargetName(SimdTarget target);
+
+// SimdTargetSupported tells whether this CPU (and OS) can run `target`.
+bool SimdTargetSupported(SimdTarget target);
+
+// DefaultSimdTarget is the best supported target, capped by the environment
+// variable QLINEAR_SIMD (portable | avx2 | avx512) when set; chosen once.
+SimdTarget DefaultSimdTarget();
+
+struct MatmulOptions {
+  SimdTarget target = DefaultSimdTarget();
+  // Run inside this arena (owned by the caller); null: the calling thread's
+  // current arena.
+  tbb::task_arena* arena = nullptr;
+};
+
+class PackedMatrix;
+
+// QuantizedMatmul computes y[m, n] = Σ_k x[m, k] w[n, k] (+ bias[n]) for
+// m < rows. x: [rows, w.k()] of x_dtype; y: [rows, w.n()] of y_dtype (F32,
+// F16 or BF16); bias: w.n() floats or null. Preconditions (validated by the
+// caller): dtypes floating, `target` supported. Allocates nothing per call
+// beyond reusable per-thread scratch.
+void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
+                     int64_t rows, const float* bias, DType y_dtype, void* y,
+                     const MatmulOptions& options = MatmulOptions());
+
+// PackedMatrix: a QuantizedMatrix repacked into output-interleaved tiles of
+// 16 outputs (see kernel_args.h), scales and biases widened to float32.
+class PackedMatrix {
+ public:
+  static PackedMatrix Pack(const QuantizedMatrix& q);
+
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  const QuantParams& params() const { return params_; }
+  // bytes() is what the packed form really holds.
+  size_t bytes() const {
+    return codes_.size() * 4 + (scales_.size() + biases_.size()) * 4;
+  }
+
+ private:
+  friend void QuantizedMatmul(const PackedMatrix&, DType, const void*, int64_t,
+                              const float*, DType, void*, const MatmulOptions&);
+  QuantParams params_;
+  int64_t n_ = 0, k_ = 0, tiles_ = 0, groups_ = 0, words_per_tile_ = 0;
+  int lane_bits_ = 4;
+  kernels::Decode decode_ = kernels::Decode::kInt;
+  std::vector<uint32_t> codes_;  // [tiles][k / cpl][16]
+  std::vector<float> scales_;    // [tiles][groups][16]
+  std::vector<float> biases_;    // [tiles][groups][16], empty for fp modes
+};
+
+}  // namespace qlinear
+
+#endif  // QLINEAR_CORE_KERNELS_QMM_H_

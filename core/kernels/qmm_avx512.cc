@@ -1,0 +1,169 @@
+// The AVX-512 tile kernel (compiled with -mavx512f -mfma; only called when
+// the CPU has AVX-512F). One __m512 holds one k of a tile's 16 outputs:
+// x[k] is broadcast, so there are no horizontal reductions and each lane
+// performs exactly the scalar sequence of kernel_args.h.
+//
+// Codes are decoded in registers and shared by up to 4 rows; up to 8 tiles
+// per call keep enough independent FMA chains in flight to hide latency.
+// Self-contained on purpose: no inline functions shared with other
+// translation units.
+#include <immintrin.h>
+
+#include "core/kernels/kernel_args.h"
+
+namespace qlinear::kernels {
+namespace {
+
+template <Decode D>
+__attribute__((always_inline)) inline __m512 DecodeLane(__m512i c, __m512 lut) {
+  if constexpr (D == Decode::kInt) {
+    (void)lut;
+    return _mm512_cvtepi32_ps(c);
+  } else if constexpr (D == Decode::kFp4) {
+    return _mm512_permutexvar_ps(c, lut);
+  } else {
+    (void)lut;
+    const __m512i mag = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x7F)), 20);
+    const __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(mag), _mm512_set1_ps(0x1p120f));
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
+  }
+}
+
+template <int B, Decode D, bool kScaled, int R, int T, int I>
+__attribute__((always_inline)) inline void Step(const __m512i* w, const float* const* x,
+                                                int64_t k, __m512 (*acc)[T], __m512 lut) {
+  if constexpr (I < 32 / B) {
+    for (int t = 0; t < T; ++t) {
+      __m512 v;
+      if constexpr (kScaled) {
+        // Mask in place: q * 2^(B*I), converted exactly (unsigned: the top
+        // code reaches bit 31); x was pre-scaled by 2^-(B*I).
+        v = _mm512_cvtepu32_ps(
+            _mm512_and_si512(w[t], _mm512_set1_epi32(static_cast<int>(((1u << B) - 1) << (I * B)))));
+      } else if constexpr (D == Decode::kFp4) {
+        // vpermps reads only the low 4 bits of each index: no mask needed.
+        v = DecodeLane<D>(_mm512_srli_epi32(w[t], I * B), lut);
+      } else {
+        __m512i c = _mm512_srli_epi32(w[t], I * B);
+        if constexpr ((I + 1) * B < 32) c = _mm512_and_si512(c, _mm512_set1_epi32((1 << B) - 1));
+        v = DecodeLane<D>(c, lut);
+      }
+      for (int r = 0; r < R; ++r) {
+        acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(x[r][k + I]), v, acc[r][t]);
+      }
+    }
+    Step<B, D, kScaled, R, T, I + 1>(w, x, k, acc, lut);
+  }
+}
+
+template <int B, Decode D, bool kScaled, int R, int T>
+void Kernel(const TileArgs& a) {
+  constexpr int kCpl = 32 / B;
+  const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
+  const float* x[R];
+  for (int r = 0; r < R; ++r) x[r] = (kScaled ? a.x_scaled : a.x) + r * a.x_stride;
+  const int64_t words_per_group = a.group_size / kCpl;
+  const int64_t group_floats = a.groups * kTileN;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    __m512 acc[R][T];
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    }
+    const uint32_t* codes = a.codes + g * words_per_group * kTileN;
+    int64_t k = g * a.group_size;
+    for (int64_t j = 0; j < words_per_group; ++j) {
+      __m512i w[T];
+      for (int t = 0; t < T; ++t) w[t] = _mm512_loadu_si512(codes + t * a.codes_stride);
+      codes += kTileN;
+      Step<B, D, kScaled, R, T, 0>(w, x, k, acc, lut);
+      k += kCpl;
+    }
+    // Fold the group into y, kept in the output rows between groups.
+    for (int t = 0; t < T; ++t) {
+      const __m512 s = _mm512_loadu_ps(a.scales + t * group_floats + g * kTileN);
+      __m512 b = _mm512_setzero_ps();
+      if (a.biases != nullptr) b = _mm512_loadu_ps(a.biases + t * group_floats + g * kTileN);
+      for (int r = 0; r < R; ++r) {
+        float* yp = a.y + r * a.y_stride + t * kTileN;
+        __m512 y = g == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(yp);
+        y = _mm512_fmadd_ps(s, acc[r][t], y);
+        if (a.biases != nullptr) {
+          y = _mm512_fmadd_ps(b, _mm512_set1_ps(a.xsum[r * a.xsum_stride + g]), y);
+        }
+        _mm512_storeu_ps(yp, y);
+      }
+    }
+  }
+}
+
+template <int B, Decode D, bool kScaled, int R>
+void ByTiles(const TileArgs& a) {
+  constexpr int kT = R == 1 ? 4 : R <= 4 ? 3 : 2;  // R * kT <= 16 accumulators
+  int done = 0;
+  TileArgs part = a;
+  while (done < a.tiles) {
+    const int left = a.tiles - done;
+    part.codes = a.codes + done * a.codes_stride;
+    part.scales = a.scales + done * a.groups * kTileN;
+    part.biases = a.biases == nullptr ? nullptr : a.biases + done * a.groups * kTileN;
+    part.y = a.y + done * kTileN;
+    if (left >= kT) {
+      Kernel<B, D, kScaled, R, kT>(part);
+      done += kT;
+    } else if (left >= 2) {
+      Kernel<B, D, kScaled, R, 2>(part);
+      done += 2;
+    } else {
+      Kernel<B, D, kScaled, R, 1>(part);
+      done += 1;
+    }
+  }
+}
+
+// Rows in blocks of 8, then 4, 2, 1: every row still sees the same per-output
+// sequence, only the register blocking changes.
+template <int B, Decode D, bool kScaled>
+void ByRows(const TileArgs& a) {
+  int done = 0;
+  while (done < a.rows) {
+    TileArgs part = a;
+    part.x = a.x + done * a.x_stride;
+    part.x_scaled = a.x_scaled == nullptr ? nullptr : a.x_scaled + done * a.x_stride;
+    part.xsum = a.xsum + done * a.xsum_stride;
+    part.y = a.y + done * a.y_stride;
+    const int left = a.rows - done;
+    if (left >= 8) {
+      ByTiles<B, D, kScaled, 8>(part);
+      done += 8;
+    } else if (left >= 4) {
+      ByTiles<B, D, kScaled, 4>(part);
+      done += 4;
+    } else if (left >= 2) {
+      ByTiles<B, D, kScaled, 2>(part);
+      done += 2;
+    } else {
+      ByTiles<B, D, kScaled, 1>(part);
+      done += 1;
+    }
+  }
+}
+
+template <int B>
+void IntCodes(const TileArgs& a) {
+  if (a.x_scaled != nullptr) return ByRows<B, Decode::kInt, true>(a);
+  return ByRows<B, Decode::kInt, false>(a);
+}
+
+}  // namespace
+
+void TileKernelAvx512(const TileArgs& a) {
+  if (a.decode == Decode::kFp4) return ByRows<4, Decode::kFp4, false>(a);
+  if (a.decode == Decode::kFp8) return ByRows<8, Decode::kFp8, false>(a);
+  if (a.lane_bits == 2) return IntCodes<2>(a);
+  if (a.lane_bits == 4) return IntCodes<4>(a);
+  return IntCodes<8>(a);
+}
+
+}  // namespace qlinear::kernels

@@ -1,0 +1,152 @@
+// Every fast path against the reference kernel (the oracle), on every SIMD
+// target this machine can run, plus batch invariance and determinism.
+#include "core/kernels/qmm.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/half.h"
+#include "core/reference.h"
+#include "tbb/task_arena.h"
+
+namespace qlinear {
+namespace {
+
+std::vector<SimdTarget> Targets() {
+  std::vector<SimdTarget> out;
+  for (SimdTarget t : {SimdTarget::kPortable, SimdTarget::kAvx2, SimdTarget::kAvx512}) {
+    if (SimdTargetSupported(t)) out.push_back(t);
+  }
+  return out;
+}
+
+std::vector<QuantParams> AllParams() {
+  std::vector<QuantParams> all;
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
+    for (int gs : {32, 64, 128}) all.push_back({QuantMode::kAffine, bits, gs});
+  }
+  for (QuantMode m : {QuantMode::kMxfp4, QuantMode::kMxfp8, QuantMode::kNvfp4}) {
+    all.push_back(DefaultQuantParams(m));
+  }
+  return all;
+}
+
+std::vector<uint8_t> Random(DType dtype, int64_t count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint8_t> v(static_cast<size_t>(count) * DTypeSize(dtype));
+  for (int64_t i = 0; i < count; ++i) StoreFloat(dtype, v.data(), static_cast<size_t>(i), normal(rng));
+  return v;
+}
+
+QuantizedMatrix MakeLayer(const QuantParams& p, int64_t n, int64_t k, uint64_t seed) {
+  const std::vector<uint8_t> w = Random(DType::kF16, n * k, seed);
+  auto q = Quantize(p, DType::kF16, w.data(), n, k);
+  EXPECT_TRUE(q.ok()) << q.status();
+  return *std::move(q);
+}
+
+class FormatTest : public ::testing::TestWithParam<QuantParams> {};
+
+// |fast - reference| <= 1e-6 · Σ_k |x_k w_k| per output, for every x dtype
+// and target, with K = one group and K = several, odd M, N not a multiple
+// of the 16-output tile.
+TEST_P(FormatTest, MatchesReferenceOnEveryTarget) {
+  const QuantParams p = GetParam();
+  for (int64_t k : {static_cast<int64_t>(p.group_size), static_cast<int64_t>(p.group_size) * 5}) {
+    const int64_t n = 37, m = 5;
+    const QuantizedMatrix q = MakeLayer(p, n, k, 11 + k);
+    const PackedMatrix packed = PackedMatrix::Pack(q);
+    std::vector<float> dq(static_cast<size_t>(n * k));
+    Dequantize(q, DType::kF32, dq.data());
+    std::vector<float> bias(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) bias[static_cast<size_t>(i)] = 0.25f * static_cast<float>(i % 5);
+    for (DType xd : {DType::kF32, DType::kF16, DType::kBF16}) {
+      const std::vector<uint8_t> x = Random(xd, m * k, 5);
+      std::vector<double> ref(static_cast<size_t>(m * n));
+      ReferenceForwardDouble(q, xd, x.data(), m, bias.data(), ref.data());
+      for (SimdTarget target : Targets()) {
+        std::vector<float> y(static_cast<size_t>(m * n));
+        QuantizedMatmul(packed, xd, x.data(), m, bias.data(), DType::kF32, y.data(), {.target = target});
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double mag = std::abs(bias[static_cast<size_t>(j)]);
+            for (int64_t c = 0; c < k; ++c) {
+              mag += std::abs(static_cast<double>(LoadFloat(xd, x.data(), static_cast<size_t>(i * k + c))) *
+                              dq[static_cast<size_t>(j * k + c)]);
+            }
+            const size_t o = static_cast<size_t>(i * n + j);
+            ASSERT_LE(std::abs(y[o] - ref[o]), 1e-6 * mag + 1e-30)
+                << p.ToString() << " K=" << k << " x " << ShortDTypeName(xd) << " on "
+                << SimdTargetName(target) << " at " << i << "," << j;
+          }
+        }
+        // Other output dtypes are the float32 result rounded once.
+        for (DType yd : {DType::kF16, DType::kBF16}) {
+          std::vector<uint8_t> yo(static_cast<size_t>(m * n) * 2);
+          QuantizedMatmul(packed, xd, x.data(), m, bias.data(), yd, yo.data(), {.target = target});
+          for (size_t o = 0; o < y.size(); ++o) {
+            ASSERT_EQ(LoadFloat(yd, yo.data(), o), RoundTo(yd, y[o]));
+          }
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFormats, FormatTest, ::testing::ValuesIn(AllParams()),
+                         [](const auto& info) {
+                           const QuantParams& p = info.param;
+                           return std::string(QuantModeName(p.mode)) + "_b" +
+                                  std::to_string(p.bits) + "_g" + std::to_string(p.group_size);
+                         });
+
+// A row's bits never depend on its batch, the thread count or the target.
+TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
+  const int64_t n = 80, k = 512, total = 256;
+  for (const QuantParams& p : {QuantParams{QuantMode::kAffine, 4, 64},
+                               QuantParams{QuantMode::kAffine, 3, 32},
+                               QuantParams{QuantMode::kAffine, 8, 128},
+                               DefaultQuantParams(QuantMode::kMxfp4),
+                               DefaultQuantParams(QuantMode::kMxfp8),
+                               DefaultQuantParams(QuantMode::kNvfp4)}) {
+    const PackedMatrix packed = PackedMatrix::Pack(MakeLayer(p, n, k, 3));
+    const std::vector<uint8_t> x = Random(DType::kF32, total * k, 8);
+    const float* xf = reinterpret_cast<const float*>(x.data());
+    // Baseline: every row alone, portable target, one thread.
+    tbb::task_arena one(1), two(2);
+    std::vector<float> alone(static_cast<size_t>(total * n));
+    for (int64_t r = 0; r < total; ++r) {
+      QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
+                      alone.data() + r * n, {.target = SimdTarget::kPortable, .arena = &one});
+    }
+    for (SimdTarget target : Targets()) {
+      for (tbb::task_arena* arena : {&one, &two}) {
+        for (int64_t batch : {1, 2, 7, 64, 256}) {
+          std::vector<float> y(static_cast<size_t>(total * n));
+          for (int64_t r = 0; r < total; r += batch) {
+            const int64_t rows = std::min(batch, total - r);
+            QuantizedMatmul(packed, DType::kF32, xf + r * k, rows, nullptr, DType::kF32,
+                            y.data() + r * n, {.target = target, .arena = arena});
+          }
+          ASSERT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
+              << p.ToString() << " " << SimdTargetName(target) << " threads "
+              << arena->max_concurrency() << " batch " << batch;
+        }
+      }
+    }
+  }
+}
+
+TEST(SimdTargetTest, DefaultIsSupportedAndNamed) {
+  EXPECT_TRUE(SimdTargetSupported(DefaultSimdTarget()));
+  EXPECT_TRUE(SimdTargetSupported(SimdTarget::kPortable));
+  EXPECT_EQ(SimdTargetName(SimdTarget::kAvx512), "avx512");
+}
+
+}  // namespace
+}  // namespace qlinear
