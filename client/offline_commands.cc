@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <deque>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -54,12 +55,17 @@ absl::StatusOr<PartialQuantParams> ParamOverrides(const Flags& flags) {
     if (!parsed.ok()) return parsed.status();
     p.mode = *parsed;
   }
-  auto bits = flags.GetInt("bits");
-  if (!bits.ok()) return bits.status();
-  if (*bits) p.bits = static_cast<int>(**bits);
-  auto gs = flags.GetInt("group-size");
-  if (!gs.ok()) return gs.status();
-  if (*gs) p.group_size = static_cast<int>(**gs);
+  for (const char* name : {"bits", "group-size"}) {
+    auto value = flags.GetInt(name);
+    if (!value.ok()) return value.status();
+    if (!*value) continue;
+    // Range-checked before narrowing; the exact combination is validated later.
+    if (**value < 1 || **value > 1024) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", name, " must be a small positive integer; got ", **value));
+    }
+    (std::string(name) == "bits" ? p.bits : p.group_size) = static_cast<int>(**value);
+  }
   return p;
 }
 
@@ -91,6 +97,22 @@ int RunQuantize(int argc, char** argv) {
 
   auto file = SafetensorsFile::Open(*in);
   if (!file.ok()) return cmd.Fail(file.status());
+
+  // Layers that are already quantized are copied as they are; the output's
+  // metadata must keep saying how, or they would be read with the new flags.
+  std::map<std::string, QuantParams> existing;
+  const std::vector<std::string> already = FindQuantizedLayers(**file);
+  if (!already.empty()) {
+    auto sources = QuantizationSources::Load(*in, **file, {});
+    if (!sources.ok()) return cmd.Fail(sources.status());
+    for (const std::string& layer : already) {
+      auto p = ResolveLayerParams(**file, layer, *sources);
+      if (!p.ok()) return cmd.Fail(p.status());
+      existing[layer] = *p;
+      std::fprintf(stderr, "qlinear quantize: note: '%s' is already quantized (%s); copied\n",
+                   layer.c_str(), p->ToString().c_str());
+    }
+  }
 
   std::deque<QuantizedMatrix> quantized;  // stable addresses for the views
   std::vector<TensorToWrite> tensors;
@@ -132,7 +154,7 @@ int RunQuantize(int argc, char** argv) {
   }
   std::map<std::string, std::string> metadata = (*file)->metadata();
   metadata["format"] = "mlx";
-  metadata["quantization"] = QuantizationConfig::ToJson(*params);
+  metadata["quantization"] = QuantizationConfig::ToJson(*params, existing);
   absl::Status written = WriteSafetensors(*out, tensors, metadata);
   if (!written.ok()) return cmd.Fail(written);
   std::printf("wrote %s: %zu layers quantized, %zu tensors\n", out->c_str(),
@@ -273,6 +295,7 @@ int RunDemo(int argc, char** argv) {
     return cmd.Usage(absl::StrCat("--n and --k must be in [1, 65536]; got ", rows,
                                   " and ", cols));
   }
+  if (absl::Status s = ValidateInputDim(*params, cols); !s.ok()) return cmd.Usage(s.message());
   DType dtype = DType::kF32;
   if (auto d = flags->Get("dtype")) {
     auto parsed = ParseFloatDType(*d);

@@ -155,10 +155,22 @@ absl::StatusOr<QuantizationConfig> QuantizationConfig::FromJson(
   return config;
 }
 
+namespace {
+Json ParamsJson(const QuantParams& params) {
+  return {{"group_size", params.group_size},
+          {"bits", params.bits},
+          {"mode", std::string(QuantModeName(params.mode))}};
+}
+}  // namespace
+
 std::string QuantizationConfig::ToJson(const QuantParams& params) {
-  Json j = {{"group_size", params.group_size},
-            {"bits", params.bits},
-            {"mode", std::string(QuantModeName(params.mode))}};
+  return ParamsJson(params).dump();
+}
+
+std::string QuantizationConfig::ToJson(
+    const QuantParams& params, const std::map<std::string, QuantParams>& layers) {
+  Json j = ParamsJson(params);
+  for (const auto& [layer, p] : layers) j[layer] = ParamsJson(p);
   return j.dump();
 }
 
@@ -228,10 +240,13 @@ absl::StatusOr<QuantParams> ResolveLayerParams(
   std::string source = "flags";
   if (sources.metadata && !sources.metadata->Lookup(layer).empty()) {
     base = sources.metadata->Lookup(layer);
-    source = "flags and the file's 'quantization' metadata";
+    source = "the file's 'quantization' metadata";
   } else if (sources.config_json && !sources.config_json->Lookup(layer).empty()) {
     base = sources.config_json->Lookup(layer);
-    source = "flags and config.json";
+    source = "config.json";
+  }
+  if (source != "flags" && !sources.overrides.empty()) {
+    source = absl::StrCat(source, " and flags");
   }
   const LayerTensors tensors = FindLayerTensors(file, layer);
   if (base.empty() && sources.overrides.empty()) {

@@ -3,15 +3,20 @@
 // A quantized layer P is the triplet P.weight (U32 packed codes), P.scales and
 // (affine only) P.biases, exactly as mlx-lm writes them. Packed shapes alone
 // are ambiguous ([N,512] + [N,64] fits b4/g64, b8/g32 and b2/g128), so each
-// layer's parameters are resolved, field by field, from:
-//   1. explicit overrides (CLI flags),
+// layer's parameters are resolved from:
+//   1. explicit overrides (CLI flags): each given field wins;
 //   2. the file's "__metadata__" key "quantization": a JSON string holding
 //      mlx-lm's config.json "quantization" object (global group_size, bits,
-//      mode, plus per-layer objects keyed by the layer path),
+//      mode, plus per-layer objects keyed by the layer path);
 //   3. the "quantization" (or "quantization_config") object of a config.json
 //      beside the file.
-// When none applies, resolution fails naming the layer and the candidates
-// that fit its shapes: it never guesses.
+// The base entry is the layer's own object in the metadata if any, else the
+// metadata's global fields, else the same two from config.json; flags then
+// replace the fields they give, and fields still missing take the mode's
+// defaults (a missing mode means affine). When neither flags nor any entry
+// apply, resolution fails naming the layer and the candidates that fit its
+// shapes: it never guesses. A malformed metadata entry or config.json is an
+// error even when another source would have sufficed.
 #ifndef QLINEAR_CORE_MLX_FILE_H_
 #define QLINEAR_CORE_MLX_FILE_H_
 
@@ -45,8 +50,11 @@ struct QuantizationConfig {
   // FromJson parses the object (as text). INVALID_ARGUMENT on malformed JSON
   // or wrongly typed fields.
   static absl::StatusOr<QuantizationConfig> FromJson(absl::string_view text);
-  // ForParams gives {"group_size": G, "bits": B, "mode": M}.
+  // ToJson gives {"group_size": G, "bits": B, "mode": M}.
   static std::string ToJson(const QuantParams& params);
+  // ToJson with per-layer entries (for layers that differ from `params`).
+  static std::string ToJson(const QuantParams& params,
+                            const std::map<std::string, QuantParams>& layers);
   // Lookup returns the per-layer entry if any, else the global one (possibly
   // empty).
   PartialQuantParams Lookup(const std::string& layer) const;

@@ -117,7 +117,8 @@ void QuantizeFpGroup(const QuantParams& p, DType dtype, const float* w,
 }  // namespace
 
 uint8_t Fp8E4M3FromFloat(float v) {
-  // MLX's ToFP8: round to nearest even with subnormals; saturate at 480.
+  // MLX's ToFP8: round to nearest even with subnormals down to 2^-9; any
+  // |v| >= 448 (kFp8Max is 448.0f's bits), inf or NaN saturates to 0x7E.
   constexpr uint32_t kFp8Max = 543u << 21;
   constexpr uint32_t kDenormMask = 141u << 23;
   uint32_t bits = FloatBits(v);

@@ -114,7 +114,7 @@ void Dequantize(const QuantizedMatrix& q, DType out_dtype, void* out);
 ErrorReport ComputeErrorReport(const QuantizedMatrix& q, DType dtype,
                                const void* w);
 
-// ValidateQuantized checks a pre-quantized matrix (shapes already matched
+// ValidateQuantizedValues checks a pre-quantized matrix (shapes already matched
 // against params by the caller): affine scales/biases finite, E8M0 scales not
 // 0xFF (NaN). INVALID_ARGUMENT naming row and group otherwise.
 absl::Status ValidateQuantizedValues(const QuantizedMatrix& q);

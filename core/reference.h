@@ -2,8 +2,9 @@
 //
 // Each weight is the exact value scale·q + bias (affine) or scale·e (fp
 // modes) from the stored scale and bias — never rounded to the weight dtype —
-// and every output is accumulated in double, k ascending, then rounded once
-// to the output dtype. This is deliberately more accurate than MLX, which
+// and every output is accumulated in double, k ascending, then rounded to
+// float32 and from there to the output dtype (as the fast kernels do). This
+// is deliberately more accurate than MLX, which
 // rounds each weight to T and accumulates in T.
 //
 // It is the oracle for every fast kernel: keep it simple, never optimise it.

@@ -367,7 +367,7 @@ absl::Status WriteSafetensors(const std::string& path,
   std::random_device rd;
   const std::string tmp = absl::StrCat(path, ".tmp.", getpid(), ".", rd());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus("cannot create", tmp);
+  if (fd < 0) return ErrnoStatus("cannot create a temporary file beside", path);
   auto fail = [&](absl::Status status) {
     ::close(fd);
     ::unlink(tmp.c_str());

@@ -102,7 +102,8 @@ struct WriteOptions {
 
 // WriteSafetensors writes `tensors` (in the given order) and `metadata`
 // atomically to `path`. INVALID_ARGUMENT for a duplicate or empty name,
-// "__metadata__" as a name, or a size mismatch; INTERNAL for I/O errors (the
+// "__metadata__" as a name, or a size mismatch; for I/O errors the code errno
+// suggests (NOT_FOUND, PERMISSION_DENIED, else INTERNAL) and the path (the
 // target is then untouched and the temporary file removed).
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<TensorToWrite>& tensors,

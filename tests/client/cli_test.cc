@@ -209,6 +209,22 @@ TEST_F(CliTest, ParametersComeFromFlagsMetadataOrConfigJsonNeverGuessed) {
   EXPECT_THAT(r.out, HasSubstr("lin: N=4 K=64 affine b8 g32"));
 }
 
+TEST_F(CliTest, RequantizingKeepsWhatIsAlreadyQuantized) {
+  WriteModel(Path("model.safetensors"));
+  ASSERT_EQ(Run("quantize --in " + Path("model.safetensors") + " --out " +
+                Path("q1.safetensors") + " --bits 4 --group-size 64").exit_code, 0);
+  // The second pass copies the b4/g64 triplets; they must not be relabelled
+  // b8/g32, whose shapes they also fit.
+  RunResult r = Run("quantize --in " + Path("q1.safetensors") + " --out " +
+                    Path("q2.safetensors") + " --bits 8 --group-size 32");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("'layers.0.q_proj' is already quantized (affine b4 g64)"));
+  r = Run("inspect " + Path("q2.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("layers.0.q_proj: N=32 K=128 affine b4 g64"));
+  EXPECT_THAT(r.out, HasSubstr("layers.0.o_proj: N=16 K=64 affine b4 g64"));
+}
+
 TEST_F(CliTest, BadUsageExitsTwoAndFailuresExitOne) {
   EXPECT_EQ(Run("").exit_code, 2);
   EXPECT_EQ(Run("frobnicate").exit_code, 2);
@@ -223,6 +239,12 @@ TEST_F(CliTest, BadUsageExitsTwoAndFailuresExitOne) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("unknown flag --colour"));
   EXPECT_EQ(Run("quantize --in a --out b --mode int4").exit_code, 2);
+  r = Run("quantize --in a --out b --bits 4294967304");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("got 4294967304"));
+  r = Run("demo --k 100");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("K=100"));
   EXPECT_EQ(Run("dequantize --in a --out b --dtype f64").exit_code, 2);
   EXPECT_EQ(Run("inspect").exit_code, 2);
   r = Run("inspect " + Path("missing.safetensors"));
