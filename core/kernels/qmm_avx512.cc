@@ -44,6 +44,15 @@ __attribute__((always_inline)) inline void Step(const __m512i* w, const float* c
       } else if constexpr (D == Decode::kFp4) {
         // vpermps reads only the low 4 bits of each index: no mask needed.
         v = DecodeLane<D>(_mm512_srli_epi32(w[t], I * B), lut);
+      } else if constexpr (D == Decode::kFp8) {
+        // Byte I to the top, then an arithmetic shift by 4 puts the sign at
+        // bit 31 and the 7 magnitude bits at 26..20: read as float that is
+        // 2^-120 times the E4M3 value (subnormals included), and the
+        // multiply by 2^120 is exact.
+        __m512i c = I == 3 ? w[t] : _mm512_slli_epi32(w[t], 24 - 8 * I);
+        c = _mm512_and_si512(_mm512_srai_epi32(c, 4),
+                             _mm512_set1_epi32(static_cast<int>(0x87F00000u)));
+        v = _mm512_mul_ps(_mm512_castsi512_ps(c), _mm512_set1_ps(0x1p120f));
       } else {
         __m512i c = _mm512_srli_epi32(w[t], I * B);
         if constexpr ((I + 1) * B < 32) c = _mm512_and_si512(c, _mm512_set1_epi32((1 << B) - 1));
@@ -100,7 +109,10 @@ void Kernel(const TileArgs& a) {
 
 template <int B, Decode D, bool kScaled, int R>
 void ByTiles(const TileArgs& a) {
-  constexpr int kT = R == 1 ? 4 : R <= 4 ? 3 : 2;  // R * kT <= 16 accumulators
+  // Measured on Zen 4 (N=K=4096, 4-bit): 8 rows x 1 tile beat 4 x 2, 4 x 4
+  // and 8 x 2 (which spills); one row needs several tiles for independent
+  // FMA chains.
+  constexpr int kT = R == 1 ? 4 : R == 2 ? 4 : R == 4 ? 2 : 1;
   int done = 0;
   TileArgs part = a;
   while (done < a.tiles) {
