@@ -75,6 +75,10 @@ void Kernel(const TileArgs& a) {
   for (int r = 0; r < R; ++r) x[r] = (kScaled ? a.x_scaled : a.x) + r * a.x_stride;
   const int64_t words_per_group = a.group_size / kCpl;
   const int64_t group_floats = a.groups * kTileN;
+  __m512 y[R][T];
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) y[r][t] = _mm512_setzero_ps();
+  }
   for (int64_t g = 0; g < a.groups; ++g) {
     __m512 acc[R][T];
     for (int r = 0; r < R; ++r) {
@@ -89,21 +93,20 @@ void Kernel(const TileArgs& a) {
       Step<B, D, kScaled, R, T, 0>(w, x, k, acc, lut);
       k += kCpl;
     }
-    // Fold the group into y, kept in the output rows between groups.
+    // Fold the group into y.
     for (int t = 0; t < T; ++t) {
       const __m512 s = _mm512_loadu_ps(a.scales + t * group_floats + g * kTileN);
-      __m512 b = _mm512_setzero_ps();
-      if (a.biases != nullptr) b = _mm512_loadu_ps(a.biases + t * group_floats + g * kTileN);
-      for (int r = 0; r < R; ++r) {
-        float* yp = a.y + r * a.y_stride + t * kTileN;
-        __m512 y = g == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(yp);
-        y = _mm512_fmadd_ps(s, acc[r][t], y);
-        if (a.biases != nullptr) {
-          y = _mm512_fmadd_ps(b, _mm512_set1_ps(a.xsum[r * a.xsum_stride + g]), y);
+      for (int r = 0; r < R; ++r) y[r][t] = _mm512_fmadd_ps(s, acc[r][t], y[r][t]);
+      if (a.biases != nullptr) {
+        const __m512 b = _mm512_loadu_ps(a.biases + t * group_floats + g * kTileN);
+        for (int r = 0; r < R; ++r) {
+          y[r][t] = _mm512_fmadd_ps(b, _mm512_set1_ps(a.xsum[r * a.xsum_stride + g]), y[r][t]);
         }
-        _mm512_storeu_ps(yp, y);
       }
     }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(a.y + r * a.y_stride + t * kTileN, y[r][t]);
   }
 }
 
