@@ -32,7 +32,7 @@ constexpr int kTileN = 16;
 // Rows and tiles one kernel call handles at most (register blocking: the
 // rows share each decoded code, the tiles give independent FMA chains).
 constexpr int kMaxRows = 8;
-constexpr int kMaxTiles = 8;
+constexpr int kMaxTiles = 12;
 
 enum class Decode : int {
   kInt = 0,  // the code is the value (affine)
