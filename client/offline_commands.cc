@@ -13,7 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "client/flags.h"
+#include "core/flags.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
 #include "core/quantize.h"

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "client/offline_commands.h"
+#include "client/online_commands.h"
 
 namespace {
 
@@ -17,6 +18,16 @@ constexpr char kUsage[] =
     "  inspect    FILE.safetensors [--bits B] [--group-size G] [--mode M]\n"
     "  demo       [--n N] [--k K] [--bits B] [--group-size G] [--mode M]\n"
     "             [--dtype f32|f16|bf16] [--seed S]\n"
+    "\n"
+    "\n"
+    "server commands (--target ADDR, default 127.0.0.1:50051; --timeout-s S, default 60):\n"
+    "  upload     --in FILE.safetensors [--bits B] [--group-size G] [--mode M] [--replace]\n"
+    "  forward    --layer NAME (--in X.safetensors|X.npy [--key x] | --random-rows R)\n"
+    "             [--dtype f32|f16|bf16] [--out Y.safetensors|Y.npy]\n"
+    "  stats      [--layer NAME] [--json]\n"
+    "  list\n"
+    "  unload     --layer NAME\n"
+    "  health     (exit 0 only when SERVING)\n"
     "\n"
     "exit status: 0 success, 2 bad usage, 1 any other failure\n";
 
@@ -37,6 +48,12 @@ int main(int argc, char** argv) {
   if (std::strcmp(command, "dequantize") == 0) return qlinear::RunDequantize(argc, argv);
   if (std::strcmp(command, "inspect") == 0) return qlinear::RunInspect(argc, argv);
   if (std::strcmp(command, "demo") == 0) return qlinear::RunDemo(argc, argv);
+  if (std::strcmp(command, "upload") == 0) return qlinear::RunUpload(argc, argv);
+  if (std::strcmp(command, "forward") == 0) return qlinear::RunForward(argc, argv);
+  if (std::strcmp(command, "stats") == 0) return qlinear::RunStats(argc, argv);
+  if (std::strcmp(command, "list") == 0) return qlinear::RunList(argc, argv);
+  if (std::strcmp(command, "unload") == 0) return qlinear::RunUnload(argc, argv);
+  if (std::strcmp(command, "health") == 0) return qlinear::RunHealth(argc, argv);
   std::fprintf(stderr, "qlinear: unknown command '%s'\n%s", command, kUsage);
   return 2;
 }

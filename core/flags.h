@@ -4,8 +4,8 @@
 // other word is a positional argument. Parse fails (INVALID_ARGUMENT naming
 // the flag) on an unknown flag or a flag missing its value, so each
 // subcommand can answer bad usage with exit status 2.
-#ifndef QLINEAR_CLIENT_FLAGS_H_
-#define QLINEAR_CLIENT_FLAGS_H_
+#ifndef QLINEAR_CORE_FLAGS_H_
+#define QLINEAR_CORE_FLAGS_H_
 
 #include <map>
 #include <optional>
@@ -39,4 +39,4 @@ class Flags {
 
 }  // namespace qlinear
 
-#endif  // QLINEAR_CLIENT_FLAGS_H_
+#endif  // QLINEAR_CORE_FLAGS_H_

@@ -1,4 +1,4 @@
-#include "client/flags.h"
+#include "core/flags.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"

@@ -1,0 +1,71 @@
+// qlinear::Client: a C++ client for qlinear-server.
+//
+// Every call carries a deadline (Options::timeout from the call's start) and
+// returns absl::Status / absl::StatusOr with the server's code and message.
+// Uploads stream in chunks of Options::chunk_bytes, so no layer is limited
+// by gRPC's message size.
+//
+// Thread safety: a Client may be used from many threads at once.
+#ifndef QLINEAR_CLIENT_CLIENT_H_
+#define QLINEAR_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "qlinear/v1/qlinear.grpc.pb.h"
+
+namespace qlinear {
+
+class Client {
+ public:
+  struct Options {
+    std::chrono::milliseconds timeout{60000};
+    int max_message_mb = 64;
+    size_t chunk_bytes = 1 << 20;
+  };
+  // Progress gets (bytes sent, bytes total) after each chunk.
+  using Progress = std::function<void(size_t, size_t)>;
+
+  static std::unique_ptr<Client> Connect(const std::string& target, const Options& options);
+  static std::unique_ptr<Client> Connect(const std::string& target) {
+    return Connect(target, Options());
+  }
+
+  absl::StatusOr<v1::LayerInfo> Quantize(const v1::QuantizeHeader& header,
+                                         absl::Span<const uint8_t> weight,
+                                         absl::Span<const uint8_t> bias,
+                                         const Progress& progress = {});
+  absl::StatusOr<v1::LayerInfo> LoadQuantized(const v1::LoadQuantizedHeader& header,
+                                              absl::Span<const uint8_t> weight,
+                                              absl::Span<const uint8_t> scales,
+                                              absl::Span<const uint8_t> biases,
+                                              absl::Span<const uint8_t> bias,
+                                              const Progress& progress = {});
+  absl::Status Unload(const std::string& name);
+  absl::StatusOr<v1::ForwardResponse> Forward(const v1::ForwardRequest& request);
+  absl::StatusOr<v1::LayerInfo> GetLayer(const std::string& name);
+  absl::StatusOr<v1::ListLayersResponse> ListLayers();
+  absl::StatusOr<v1::StatsResponse> Stats(const std::string& layer = "");
+  // Health returns the serving status of `service` ("" = the whole server).
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(
+      const std::string& service = "");
+
+ private:
+  void SetDeadline(grpc::ClientContext* context) const;
+
+  Options options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
+  std::unique_ptr<v1::Data::Stub> data_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+}  // namespace qlinear
+
+#endif  // QLINEAR_CLIENT_CLIENT_H_

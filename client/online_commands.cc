@@ -1,0 +1,403 @@
+#include "client/online_commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <random>
+#include <set>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/client.h"
+#include "client/npy.h"
+#include "core/flags.h"
+#include "core/half.h"
+#include "core/mlx_file.h"
+#include "core/safetensors.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace qlinear {
+namespace {
+
+constexpr char kDefaultTarget[] = "127.0.0.1:50051";
+
+struct Cmd {
+  const char* name;
+  const char* usage;
+  int Usage(absl::string_view message) const {
+    std::fprintf(stderr, "qlinear %s: %.*s\nusage: qlinear %s %s\n", name,
+                 static_cast<int>(message.size()), message.data(), name, usage);
+    return 2;
+  }
+  int Fail(const absl::Status& status) const {
+    std::fprintf(stderr, "qlinear %s: %s: %s\n", name,
+                 absl::StatusCodeToString(status.code()).c_str(),
+                 std::string(status.message()).c_str());
+    return 1;
+  }
+};
+
+// Common flags: --target and --timeout-s.
+std::set<std::string> With(std::set<std::string> s) {
+  s.insert("target");
+  s.insert("timeout-s");
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Connect(const Flags& flags) {
+  Client::Options options;
+  auto timeout = flags.GetInt("timeout-s");
+  if (!timeout.ok()) return timeout.status();
+  if (*timeout) {
+    if (**timeout < 1 || **timeout > 86400) {
+      return absl::InvalidArgumentError(absl::StrCat("--timeout-s must be in [1, 86400]; got ", **timeout));
+    }
+    options.timeout = std::chrono::seconds(**timeout);
+  }
+  return Client::Connect(flags.Get("target").value_or(kDefaultTarget), options);
+}
+
+v1::DType WireDType(DType d) {
+  switch (d) {
+    case DType::kF16:
+      return v1::F16;
+    case DType::kBF16:
+      return v1::BF16;
+    case DType::kU8:
+      return v1::U8;
+    case DType::kU32:
+      return v1::U32;
+    default:
+      return v1::F32;
+  }
+}
+
+DType CoreDType(v1::DType d) {
+  switch (d) {
+    case v1::F16:
+      return DType::kF16;
+    case v1::BF16:
+      return DType::kBF16;
+    default:
+      return DType::kF32;
+  }
+}
+
+v1::Mode WireMode(QuantMode m) {
+  switch (m) {
+    case QuantMode::kMxfp4:
+      return v1::MXFP4;
+    case QuantMode::kMxfp8:
+      return v1::MXFP8;
+    case QuantMode::kNvfp4:
+      return v1::NVFP4;
+    default:
+      return v1::AFFINE;
+  }
+}
+
+std::string Describe(const v1::LayerInfo& l) {
+  std::string s = absl::StrFormat("%s: [%d, %d] %s b%d g%d, version %d, %d bytes held%s",
+                                  l.name(), l.out_features(), l.in_features(),
+                                  absl::AsciiStrToLower(v1::Mode_Name(l.spec().mode())),
+                                  l.spec().bits(), l.spec().group_size(), l.version(),
+                                  l.bytes_held(), l.has_bias() ? ", bias" : "");
+  if (l.has_error_report()) {
+    absl::StrAppendFormat(&s, "  max_abs_err=%.4g rms_err=%.4g rel_fro_err=%.4g",
+                          l.error_report().max_abs(), l.error_report().rms(),
+                          l.error_report().rel_fro());
+  }
+  return s;
+}
+
+absl::Span<const uint8_t> Span(const SafetensorsFile& f, const TensorInfo* t) {
+  return t == nullptr ? absl::Span<const uint8_t>() : f.Data(*t);
+}
+
+}  // namespace
+
+int RunUpload(int argc, char** argv) {
+  const Cmd cmd{"upload", "--in FILE.safetensors [--target ADDR] [--bits B] [--group-size G] "
+                          "[--mode M] [--replace] [--timeout-s S]"};
+  auto flags = Flags::Parse(argc, argv, 2, With({"in", "bits", "group-size", "mode"}), {"replace"});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  const auto in = flags->Get("in");
+  if (!in) return cmd.Usage("--in is required");
+  PartialQuantParams overrides;
+  if (auto m = flags->Get("mode")) {
+    auto parsed = ParseQuantMode(*m);
+    if (!parsed.ok()) return cmd.Usage(parsed.status().message());
+    overrides.mode = *parsed;
+  }
+  for (const char* name : {"bits", "group-size"}) {
+    auto v = flags->GetInt(name);
+    if (!v.ok()) return cmd.Usage(v.status().message());
+    if (*v && (**v < 1 || **v > 1024)) return cmd.Usage(absl::StrCat("--", name, " got ", **v));
+    if (*v) (std::string(name) == "bits" ? overrides.bits : overrides.group_size) = static_cast<int>(**v);
+  }
+  auto params = MakeQuantParams(overrides.mode.value_or(QuantMode::kAffine), overrides.bits,
+                                overrides.group_size);
+  if (!params.ok()) return cmd.Usage(params.status().message());
+  auto client = Connect(*flags);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+  auto file = SafetensorsFile::Open(*in);
+  if (!file.ok()) return cmd.Fail(file.status());
+  auto sources = QuantizationSources::Load(*in, **file, overrides);
+  if (!sources.ok()) return cmd.Fail(sources.status());
+  const bool tty = isatty(STDERR_FILENO);
+  auto progress = [&](const std::string& layer) -> Client::Progress {
+    if (!tty) return {};
+    return [layer](size_t sent, size_t total) {
+      std::fprintf(stderr, "\r%s: %.1f / %.1f MB", layer.c_str(), sent / 1e6, total / 1e6);
+      if (sent == total) std::fprintf(stderr, "\r\033[K");
+    };
+  };
+  int layers = 0;
+  for (const std::string& layer : FindQuantizedLayers(**file)) {
+    auto p = ResolveLayerParams(**file, layer, *sources);
+    if (!p.ok()) return cmd.Fail(p.status());
+    const TensorInfo* w = (*file)->Find(layer + ".weight");
+    const TensorInfo* s = (*file)->Find(layer + ".scales");
+    const TensorInfo* b = (*file)->Find(layer + ".biases");
+    const TensorInfo* bias = (*file)->Find(layer + ".bias");
+    v1::LoadQuantizedHeader h;
+    h.set_name(layer);
+    h.set_out_features(w->shape[0]);
+    h.set_in_features(w->shape[1] * 32 / p->bits);
+    h.mutable_spec()->set_mode(WireMode(p->mode));
+    h.mutable_spec()->set_bits(p->bits);
+    h.mutable_spec()->set_group_size(p->group_size);
+    h.set_scales_dtype(WireDType(s->dtype));
+    h.set_has_bias(bias != nullptr);
+    if (bias != nullptr) h.set_bias_dtype(WireDType(bias->dtype));
+    h.set_replace(flags->Has("replace"));
+    auto info = (*client)->LoadQuantized(h, Span(**file, w), Span(**file, s),
+                                         p->has_biases() ? Span(**file, b) : absl::Span<const uint8_t>(),
+                                         Span(**file, bias), progress(layer));
+    if (!info.ok()) return cmd.Fail(info.status());
+    std::printf("%s\n", Describe(*info).c_str());
+    ++layers;
+  }
+  for (const TensorInfo& t : (*file)->tensors()) {
+    if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2 || !IsFloatDType(t.dtype)) continue;
+    const std::string layer = t.name.substr(0, t.name.size() - 7);
+    const TensorInfo* bias = (*file)->Find(layer + ".bias");
+    if (bias != nullptr && bias->dtype != t.dtype) {
+      return cmd.Fail(absl::InvalidArgumentError(absl::StrCat(
+          "'", layer, ".bias' is ", DTypeName(bias->dtype), " but the weight is ", DTypeName(t.dtype))));
+    }
+    v1::QuantizeHeader h;
+    h.set_name(layer);
+    h.set_out_features(t.shape[0]);
+    h.set_in_features(t.shape[1]);
+    h.set_dtype(WireDType(t.dtype));
+    h.mutable_spec()->set_mode(WireMode(params->mode));
+    h.mutable_spec()->set_bits(params->bits);
+    h.mutable_spec()->set_group_size(params->group_size);
+    h.set_has_bias(bias != nullptr);
+    h.set_replace(flags->Has("replace"));
+    auto info = (*client)->Quantize(h, (*file)->Data(t), Span(**file, bias), progress(layer));
+    if (!info.ok()) return cmd.Fail(info.status());
+    std::printf("%s\n", Describe(*info).c_str());
+    ++layers;
+  }
+  if (layers == 0) {
+    return cmd.Fail(absl::InvalidArgumentError(
+        absl::StrCat("'", *in, "' holds no 2-D float .weight tensor and no quantized triplet")));
+  }
+  return 0;
+}
+
+int RunForward(int argc, char** argv) {
+  const Cmd cmd{"forward", "--layer NAME (--in X.safetensors|X.npy [--key x] | --random-rows R) "
+                           "[--dtype f32|f16|bf16] [--out Y.safetensors|Y.npy] [--target ADDR]"};
+  auto flags = Flags::Parse(argc, argv, 2,
+                            With({"layer", "in", "key", "random-rows", "out", "dtype", "seed",
+                                  "output-dtype"}), {});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  const auto layer = flags->Get("layer");
+  if (!layer) return cmd.Usage("--layer is required");
+  const auto in = flags->Get("in");
+  auto random_rows = flags->GetInt("random-rows");
+  if (!random_rows.ok()) return cmd.Usage(random_rows.status().message());
+  if (in.has_value() == random_rows->has_value()) return cmd.Usage("give exactly one of --in and --random-rows");
+  DType dtype = DType::kF32;
+  if (auto d = flags->Get("dtype")) {
+    auto parsed = ParseFloatDType(*d);
+    if (!parsed) return cmd.Usage(absl::StrCat("--dtype must be f32, f16 or bf16; got '", *d, "'"));
+    dtype = *parsed;
+  }
+  auto client = Connect(*flags);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+
+  v1::ForwardRequest request;
+  request.set_layer(*layer);
+  request.set_request_id(absl::StrCat("qlinear-cli-", getpid()));
+  v1::Tensor* input = request.mutable_input();
+  if (*random_rows) {
+    if (**random_rows < 1 || **random_rows > 65536) return cmd.Usage("--random-rows must be in [1, 65536]");
+    auto info = (*client)->GetLayer(*layer);
+    if (!info.ok()) return cmd.Fail(info.status());
+    const int64_t k = info->in_features();
+    auto seed = flags->GetInt("seed");
+    std::mt19937_64 rng(seed.ok() && *seed ? static_cast<uint64_t>(**seed) : 1);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::string data(static_cast<size_t>(**random_rows * k) * DTypeSize(dtype), '\0');
+    for (size_t i = 0; i < static_cast<size_t>(**random_rows * k); ++i) StoreFloat(dtype, data.data(), i, normal(rng));
+    input->set_dtype(WireDType(dtype));
+    input->add_shape(**random_rows);
+    input->add_shape(k);
+    input->set_data(std::move(data));
+  } else if (absl::EndsWith(*in, ".npy")) {
+    auto arr = ReadNpy(*in);
+    if (!arr.ok()) return cmd.Fail(arr.status());
+    input->set_dtype(WireDType(arr->dtype));
+    for (int64_t d : arr->shape) input->add_shape(d);
+    input->set_data(reinterpret_cast<const char*>(arr->data.data()), arr->data.size());
+  } else {
+    auto file = SafetensorsFile::Open(*in);
+    if (!file.ok()) return cmd.Fail(file.status());
+    const std::string key = flags->Get("key").value_or("x");
+    const TensorInfo* t = (*file)->Find(key);
+    if (t == nullptr) return cmd.Fail(absl::NotFoundError(absl::StrCat("'", *in, "' has no tensor '", key, "'")));
+    input->set_dtype(WireDType(t->dtype));
+    if (!IsFloatDType(t->dtype)) {
+      return cmd.Fail(absl::InvalidArgumentError(absl::StrCat("'", key, "' must be F32, F16 or BF16; got ", DTypeName(t->dtype))));
+    }
+    for (int64_t d : t->shape) input->add_shape(d);
+    auto data = (*file)->Data(*t);
+    input->set_data(reinterpret_cast<const char*>(data.data()), data.size());
+  }
+  auto response = (*client)->Forward(request);
+  if (!response.ok()) return cmd.Fail(response.status());
+  const v1::Tensor& y = response->output();
+  const DType yd = CoreDType(y.dtype());
+  std::vector<std::string> values;
+  const size_t count = y.data().size() / DTypeSize(yd);
+  for (size_t i = 0; i < std::min<size_t>(count, 6); ++i) {
+    values.push_back(absl::StrFormat("%.6g", LoadFloat(yd, y.data().data(), i)));
+  }
+  std::printf("output [%s] %s: %s%s\n", absl::StrJoin(y.shape(), ", ").c_str(),
+              std::string(DTypeName(yd)).c_str(), absl::StrJoin(values, " ").c_str(),
+              count > values.size() ? " ..." : "");
+  const v1::ServerTiming& t = response->timing();
+  std::printf("layer version %llu; server: queue %lld us, compute %lld us, batch of %lld rows / %lld requests\n",
+              static_cast<unsigned long long>(response->layer_version()),
+              static_cast<long long>(t.queue_us()), static_cast<long long>(t.compute_us()),
+              static_cast<long long>(t.batch_rows()), static_cast<long long>(t.batch_requests()));
+  if (auto out = flags->Get("out")) {
+    std::vector<int64_t> shape(y.shape().begin(), y.shape().end());
+    absl::Status written;
+    if (absl::EndsWith(*out, ".npy")) {
+      NpyArray arr;
+      arr.shape = shape;
+      if (yd == DType::kBF16) {  // numpy has no bfloat16: widen exactly
+        arr.dtype = DType::kF32;
+        arr.data.resize(count * 4);
+        for (size_t i = 0; i < count; ++i) StoreFloat(DType::kF32, arr.data.data(), i, LoadFloat(yd, y.data().data(), i));
+      } else {
+        arr.dtype = yd;
+        arr.data.assign(y.data().begin(), y.data().end());
+      }
+      written = WriteNpy(*out, arr);
+    } else {
+      written = WriteSafetensors(*out, {{"y", yd, shape, absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(y.data().data()), y.data().size())}}, {});
+    }
+    if (!written.ok()) return cmd.Fail(written);
+    std::printf("wrote %s\n", out->c_str());
+  }
+  return 0;
+}
+
+int RunStats(int argc, char** argv) {
+  const Cmd cmd{"stats", "[--target ADDR] [--layer NAME] [--json]"};
+  auto flags = Flags::Parse(argc, argv, 2, With({"layer"}), {"json"});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  auto client = Connect(*flags);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+  auto stats = (*client)->Stats(flags->Get("layer").value_or(""));
+  if (!stats.ok()) return cmd.Fail(stats.status());
+  if (flags->Has("json")) {
+    std::string json;
+    google::protobuf::util::JsonPrintOptions o;
+    o.always_print_primitive_fields = true;
+    o.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(*stats, &json, o);
+    std::printf("%s\n", json.c_str());
+    return 0;
+  }
+  const v1::ServerStats& s = stats->server();
+  std::printf("server: up %.1f s, %d layers, %llu bytes held, %lld rows queued, %d threads, %s\n",
+              s.uptime_s(), s.layers(), static_cast<unsigned long long>(s.bytes_held()),
+              static_cast<long long>(s.queue_rows()), s.threads(), s.build_info().c_str());
+  for (const v1::LayerStats& l : stats->layers()) {
+    std::vector<std::string> codes;
+    for (const auto& [code, n] : l.requests_by_code()) {
+      codes.push_back(absl::StrCat(code, " ", n, " (", l.rows_by_code().at(code), " rows)"));
+    }
+    std::sort(codes.begin(), codes.end());
+    std::printf("%s (version %llu, %llu bytes): requests %s; %llu batches, mean %.1f rows\n",
+                l.name().c_str(), static_cast<unsigned long long>(l.version()),
+                static_cast<unsigned long long>(l.bytes_held()),
+                codes.empty() ? "none" : absl::StrJoin(codes, ", ").c_str(),
+                static_cast<unsigned long long>(l.batches()), l.batch_rows().mean());
+    for (const auto& [label, h] : {std::pair<const char*, const v1::Histogram*>{"queue us", &l.queue_us()},
+                                   {"compute us", &l.compute_us()},
+                                   {"total us", &l.total_us()}}) {
+      std::printf("  %-10s p50 %-8.0f p90 %-8.0f p99 %-8.0f max %.0f\n", label, h->p50(), h->p90(),
+                  h->p99(), h->max());
+    }
+  }
+  return 0;
+}
+
+int RunList(int argc, char** argv) {
+  const Cmd cmd{"list", "[--target ADDR]"};
+  auto flags = Flags::Parse(argc, argv, 2, With({}), {});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  auto client = Connect(*flags);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+  auto list = (*client)->ListLayers();
+  if (!list.ok()) return cmd.Fail(list.status());
+  for (const v1::LayerInfo& l : list->layers()) std::printf("%s\n", Describe(l).c_str());
+  if (list->layers().empty()) std::printf("no layers loaded\n");
+  return 0;
+}
+
+int RunUnload(int argc, char** argv) {
+  const Cmd cmd{"unload", "--layer NAME [--target ADDR]"};
+  auto flags = Flags::Parse(argc, argv, 2, With({"layer"}), {});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  const auto layer = flags->Get("layer");
+  if (!layer) return cmd.Usage("--layer is required");
+  auto client = Connect(*flags);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+  absl::Status s = (*client)->Unload(*layer);
+  if (!s.ok()) return cmd.Fail(s);
+  std::printf("unloaded %s\n", layer->c_str());
+  return 0;
+}
+
+int RunHealth(int argc, char** argv) {
+  const Cmd cmd{"health", "[--target ADDR]"};
+  auto flags = Flags::Parse(argc, argv, 2, With({}), {});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  auto client = Connect(*flags);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+  auto status = (*client)->Health();
+  if (!status.ok()) {
+    std::fprintf(stderr, "qlinear health: unreachable: %s: %s\n",
+                 absl::StatusCodeToString(status.status().code()).c_str(),
+                 std::string(status.status().message()).c_str());
+    return 1;
+  }
+  const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status);
+  std::printf("%s\n", name.c_str());
+  return *status == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+}  // namespace qlinear

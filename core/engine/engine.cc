@@ -1,0 +1,325 @@
+#include "core/engine/engine.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/half.h"
+#include "core/kernels/qmm.h"
+#include "tbb/info.h"
+#include "tbb/task_arena.h"
+
+namespace qlinear {
+namespace {
+
+int64_t MicrosBetween(Engine::Clock::time_point a, Engine::Clock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count();
+}
+
+}  // namespace
+
+// One accepted request, possibly split across batches.
+struct Task {
+  Engine::ForwardRequest request;
+  Engine::Done done;
+  LayerRegistry::Entry entry;  // the version pinned at admission
+  Engine::Clock::time_point enqueued;
+  int64_t next_row = 0;  // rows handed to batches so far
+  int64_t rows_done = 0;
+  Engine::ForwardResult result;
+};
+
+struct Engine::Impl {
+  explicit Impl(Engine* engine, int threads) : engine(engine), arena(threads) {}
+
+  Engine* engine;
+  tbb::task_arena arena;
+
+  std::mutex mu;
+  std::condition_variable work_cv;  // dispatcher waits for work
+  std::condition_variable idle_cv;  // Drain waits for quiet
+  std::map<std::string, std::deque<std::shared_ptr<Task>>> queues;
+  std::deque<std::string> turns;  // layers with queued work, in turn order
+  int64_t queued_rows = 0;
+  bool in_flight = false;
+  bool draining = false;
+  bool halted = false;  // after a drain timeout: start no more batches
+  bool stopping = false;
+  std::thread dispatcher;
+
+  // Scratch reused by the dispatcher.
+  std::vector<float> x_batch, y_batch;
+
+  void Run();
+  void Finish(const std::shared_ptr<Task>& task, absl::Status status);
+  std::vector<std::shared_ptr<Task>> TakeAllLocked();
+};
+
+void Engine::Impl::Finish(const std::shared_ptr<Task>& task, absl::Status status) {
+  const auto now = Clock::now();
+  ForwardResult& r = task->result;
+  r.status = std::move(status);
+  if (!r.status.ok()) r.y.clear();
+  r.version = task->entry.layer->info().version;
+  if (r.queue_us == 0 && task->next_row == 0) r.queue_us = MicrosBetween(task->enqueued, now);
+  LayerStats& stats = *task->entry.stats;
+  stats.RecordRequest(r.status.code(), task->request.rows);
+  stats.queue_us.Record(static_cast<double>(r.queue_us));
+  if (r.status.ok()) stats.compute_us.Record(static_cast<double>(r.compute_us));
+  stats.total_us.Record(static_cast<double>(MicrosBetween(task->enqueued, now)));
+  task->done(std::move(r));
+}
+
+std::vector<std::shared_ptr<Task>> Engine::Impl::TakeAllLocked() {
+  std::vector<std::shared_ptr<Task>> all;
+  for (auto& [name, queue] : queues) {
+    for (auto& t : queue) all.push_back(std::move(t));
+  }
+  queues.clear();
+  turns.clear();
+  queued_rows = 0;
+  return all;
+}
+
+void Engine::Impl::Run() {
+  const Options& opt = engine->options_;
+  while (true) {
+    std::vector<std::shared_ptr<Task>> dropped;
+    std::vector<absl::Status> dropped_status;
+    struct Slice {
+      std::shared_ptr<Task> task;
+      int64_t row0, rows;
+    };
+    std::vector<Slice> batch;
+    int64_t batch_rows = 0;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      work_cv.wait(lock, [&] { return stopping || (!halted && !turns.empty()); });
+      if (stopping) return;
+      const std::string name = turns.front();
+      turns.pop_front();
+      auto& queue = queues[name];
+      // Optionally wait for a fuller batch (never while draining).
+      if (opt.max_batch_delay_us > 0 && !draining) {
+        int64_t rows = 0;
+        for (const auto& t : queue) rows += t->request.rows - t->next_row;
+        const auto until = queue.front()->enqueued + std::chrono::microseconds(opt.max_batch_delay_us);
+        if (rows < opt.max_batch_rows && Clock::now() < until) {
+          turns.push_front(name);
+          work_cv.wait_until(lock, until);
+          continue;
+        }
+      }
+      const auto now = Clock::now();
+      const Layer* layer = nullptr;
+      while (!queue.empty() && batch_rows < opt.max_batch_rows) {
+        std::shared_ptr<Task> task = queue.front();
+        if (task->next_row == 0) {
+          absl::Status drop;
+          if (now >= task->request.deadline) {
+            drop = absl::DeadlineExceededError("deadline passed while queued");
+          } else if (task->request.cancelled && task->request.cancelled()) {
+            drop = absl::CancelledError("cancelled while queued");
+          }
+          if (!drop.ok()) {
+            queue.pop_front();
+            queued_rows -= task->request.rows;
+            dropped.push_back(std::move(task));
+            dropped_status.push_back(std::move(drop));
+            continue;
+          }
+        }
+        // One batch runs one version of the layer.
+        if (layer == nullptr) layer = task->entry.layer.get();
+        if (task->entry.layer.get() != layer) break;
+        const int64_t take = std::min(task->request.rows - task->next_row,
+                                      opt.max_batch_rows - batch_rows);
+        if (task->next_row == 0) task->result.queue_us = MicrosBetween(task->enqueued, now);
+        batch.push_back({task, task->next_row, take});
+        task->next_row += take;
+        batch_rows += take;
+        queued_rows -= take;
+        if (task->next_row == task->request.rows) queue.pop_front();
+      }
+      if (!queue.empty()) {
+        turns.push_back(name);
+      } else {
+        queues.erase(name);
+      }
+      in_flight = !batch.empty() || !dropped.empty();
+    }
+    for (size_t i = 0; i < dropped.size(); ++i) Finish(dropped[i], dropped_status[i]);
+    if (!batch.empty()) {
+      const Layer& layer = *batch.front().task->entry.layer;
+      const int64_t k = layer.info().k;
+      const int64_t n = layer.info().n;
+      // Gather every slice's rows as float32 (exact), whatever its dtype.
+      x_batch.resize(static_cast<size_t>(batch_rows * k));
+      int64_t row = 0;
+      for (const Slice& s : batch) {
+        const ForwardRequest& req = s.task->request;
+        for (int64_t i = 0; i < s.rows * k; ++i) {
+          x_batch[static_cast<size_t>(row * k + i)] =
+              LoadFloat(req.x_dtype, req.x, static_cast<size_t>(s.row0 * k + i));
+        }
+        row += s.rows;
+      }
+      y_batch.resize(static_cast<size_t>(batch_rows * n));
+      const auto start = Clock::now();
+      MatmulOptions mo;
+      mo.arena = &arena;
+      QuantizedMatmul(layer.packed(), DType::kF32, x_batch.data(), batch_rows, layer.bias(),
+                      DType::kF32, y_batch.data(), mo);
+      const int64_t compute_us = MicrosBetween(start, Clock::now());
+      batch.front().task->entry.stats->RecordBatch(batch_rows);
+      row = 0;
+      for (const Slice& s : batch) {
+        ForwardResult& r = s.task->result;
+        const DType yd = s.task->request.y_dtype;
+        if (r.y.empty()) {
+          r.n = n;
+          r.y.resize(static_cast<size_t>(s.task->request.rows * n) * DTypeSize(yd));
+        }
+        for (int64_t i = 0; i < s.rows * n; ++i) {
+          StoreFloat(yd, r.y.data(), static_cast<size_t>(s.row0 * n + i),
+                     y_batch[static_cast<size_t>(row * n + i)]);
+        }
+        row += s.rows;
+        r.compute_us += compute_us;
+        if (batch_rows > r.batch_rows) {
+          r.batch_rows = batch_rows;
+          r.batch_requests = static_cast<int64_t>(batch.size());
+        }
+        s.task->rows_done += s.rows;
+        if (s.task->rows_done == s.task->request.rows) Finish(s.task, absl::OkStatus());
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      in_flight = false;
+    }
+    idle_cv.notify_all();
+  }
+}
+
+Engine::Engine(const Options& options)
+    : options_(options), budget_(options.max_memory_bytes) {}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
+  if (options.threads < 0 || options.max_batch_rows < 1 || options.max_batch_delay_us < 0 ||
+      options.max_queue_rows < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "engine options: need threads >= 0, max_batch_rows >= 1, max_batch_delay_us >= 0, "
+        "max_queue_rows >= 1; got ", options.threads, ", ", options.max_batch_rows, ", ",
+        options.max_batch_delay_us, ", ", options.max_queue_rows));
+  }
+  std::unique_ptr<Engine> engine(new Engine(options));
+  const int threads = options.threads > 0 ? options.threads : tbb::info::default_concurrency();
+  engine->impl_ = std::make_unique<Impl>(engine.get(), threads);
+  engine->impl_->dispatcher = std::thread([impl = engine->impl_.get()] { impl->Run(); });
+  return engine;
+}
+
+Engine::~Engine() {
+  std::vector<std::shared_ptr<Task>> left;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->work_cv.notify_all();
+  impl_->dispatcher.join();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    left = impl_->TakeAllLocked();
+  }
+  for (auto& t : left) impl_->Finish(t, absl::UnavailableError("server is shutting down"));
+}
+
+int Engine::threads() const { return impl_->arena.max_concurrency(); }
+
+int64_t Engine::queued_rows() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->queued_rows;
+}
+
+bool Engine::draining() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->draining;
+}
+
+absl::Status Engine::Submit(ForwardRequest request, Done done) {
+  auto entry = registry_.Get(request.layer);
+  if (!entry.ok()) return entry.status();
+  const Layer::Info& info = entry->layer->info();
+  const std::shared_ptr<LayerStats> stats = entry->stats;
+  const int64_t rows = request.rows;
+  auto reject = [&](absl::Status status) {
+    stats->RecordRequest(status.code(), rows);
+    return status;
+  };
+  if (!IsFloatDType(request.x_dtype) || !IsFloatDType(request.y_dtype)) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "input and output dtypes must be F32, F16 or BF16; got ", DTypeName(request.x_dtype),
+        " and ", DTypeName(request.y_dtype))));
+  }
+  if (request.k != info.k) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "layer '", info.name, "' expects input [..., ", info.k, "]; got [..., ", request.k, "]")));
+  }
+  if (request.rows < 1) {
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("input must hold at least one row of ", info.k, "; got ", request.rows)));
+  }
+  auto task = std::make_shared<Task>();
+  task->entry = *entry;
+  task->done = std::move(done);
+  task->enqueued = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->draining || impl_->stopping) {
+      return reject(absl::UnavailableError("server is shutting down"));
+    }
+    if (impl_->queued_rows + request.rows > options_.max_queue_rows) {
+      return reject(absl::ResourceExhaustedError(absl::StrCat(
+          "queue full: ", impl_->queued_rows, " of ", options_.max_queue_rows,
+          " rows queued (--max-queue-rows); this request has ", request.rows)));
+    }
+    task->request = std::move(request);
+    impl_->queued_rows += task->request.rows;
+    auto& queue = impl_->queues[task->request.layer];
+    if (queue.empty()) impl_->turns.push_back(task->request.layer);
+    queue.push_back(std::move(task));
+  }
+  impl_->work_cv.notify_one();
+  return absl::OkStatus();
+}
+
+bool Engine::Drain(Clock::time_point deadline) {
+  std::vector<std::shared_ptr<Task>> left;
+  bool drained;
+  {
+    std::unique_lock<std::mutex> lock(impl_->mu);
+    impl_->draining = true;
+    impl_->work_cv.notify_all();
+    drained = impl_->idle_cv.wait_until(lock, deadline, [&] {
+      return impl_->queued_rows == 0 && impl_->turns.empty() && !impl_->in_flight;
+    });
+    if (!drained) {
+      // Let the running batch answer its own requests, start no other, and
+      // answer everything still queued (partly computed requests included).
+      impl_->halted = true;
+      impl_->idle_cv.wait(lock, [&] { return !impl_->in_flight; });
+      left = impl_->TakeAllLocked();
+    }
+  }
+  for (auto& t : left) {
+    impl_->Finish(t, absl::UnavailableError("server shut down before this request ran (drain timeout)"));
+  }
+  return drained;
+}
+
+}  // namespace qlinear

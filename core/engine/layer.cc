@@ -1,0 +1,68 @@
+#include "core/engine/layer.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace qlinear {
+
+absl::Status MemoryBudget::TryReserve(uint64_t bytes, absl::string_view what) {
+  uint64_t used = used_.load();
+  while (true) {
+    if (limit_ != 0 && used + bytes > limit_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "memory budget: ", what, " needs ", bytes, " bytes but ", used, " of the ",
+          limit_, " bytes allowed (--max-memory-mb) are held"));
+    }
+    if (used_.compare_exchange_weak(used, used + bytes)) return absl::OkStatus();
+  }
+}
+
+Reservation& Reservation::operator=(Reservation&& o) noexcept {
+  if (this != &o) {
+    if (budget_ != nullptr) budget_->Release(bytes_);
+    budget_ = o.budget_;
+    bytes_ = o.bytes_;
+    o.budget_ = nullptr;
+  }
+  return *this;
+}
+
+Reservation::~Reservation() {
+  if (budget_ != nullptr) budget_->Release(bytes_);
+}
+
+uint64_t Layer::PackedBytes(const QuantParams& params, int64_t n, int64_t k,
+                            bool has_bias) {
+  const int64_t tiles = (n + kernels::kTileN - 1) / kernels::kTileN;
+  const int lane_bits = params.mode == QuantMode::kMxfp8 ? 8
+                        : params.mode != QuantMode::kAffine ? 4
+                        : (params.bits == 2 || params.bits == 4) ? params.bits
+                                                                 : 8;
+  const uint64_t codes = static_cast<uint64_t>(tiles * kernels::kTileN) *
+                         static_cast<uint64_t>(k) * lane_bits / 8;
+  const uint64_t groups = static_cast<uint64_t>(tiles * kernels::kTileN * params.groups(k));
+  const uint64_t group_bytes = groups * 4 * (params.has_biases() ? 2 : 1);
+  return codes + group_bytes + (has_bias ? static_cast<uint64_t>(n) * 4 : 0);
+}
+
+std::shared_ptr<const Layer> Layer::Create(std::string name, const QuantizedMatrix& q,
+                                           std::vector<float> bias,
+                                           std::optional<ErrorReport> report,
+                                           uint64_t version, Reservation reservation) {
+  std::shared_ptr<Layer> layer(new Layer());
+  layer->packed_ = PackedMatrix::Pack(q);
+  layer->bias_ = std::move(bias);
+  layer->reservation_ = std::move(reservation);
+  Info& info = layer->info_;
+  info.name = std::move(name);
+  info.params = q.params;
+  info.weight_dtype = q.dtype;
+  info.n = q.n;
+  info.k = q.k;
+  info.has_bias = !layer->bias_.empty();
+  info.version = version;
+  info.bytes_held = layer->packed_.bytes() + layer->bias_.size() * 4;
+  info.error_report = report;
+  return layer;
+}
+
+}  // namespace qlinear

@@ -1,0 +1,89 @@
+// Lock-free serving statistics: histograms and per-layer counters.
+//
+// Recording is a handful of relaxed atomic operations (no lock), so the
+// batcher records on its hot path; reading takes a consistent-enough
+// snapshot for monitoring.
+#ifndef QLINEAR_CORE_ENGINE_STATS_H_
+#define QLINEAR_CORE_ENGINE_STATS_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace qlinear {
+
+// Histogram with fixed upper bounds (ascending; a last, unbounded bucket
+// follows). Percentiles report the upper bound of the bucket that holds the
+// requested rank, capped by the maximum seen.
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  // ExponentialBounds gives 1, 2, 5, 10, 20, 50, ... up to `max`.
+  static std::vector<double> ExponentialBounds(double max);
+  // PowersOfTwo gives 1, 2, 4, ... up to `max`.
+  static std::vector<double> PowersOfTwo(double max);
+
+  void Record(double value);
+
+  struct Snapshot {
+    std::vector<double> bounds;
+    std::vector<uint64_t> counts;  // bounds.size() + 1 buckets
+    uint64_t count = 0;
+    double sum = 0;
+    double max = 0;
+    double Percentile(double p) const;  // p in [0, 100]
+    double Mean() const { return count ? sum / static_cast<double>(count) : 0; }
+  };
+  Snapshot Read() const;
+
+ private:
+  std::vector<double> bounds_;
+  std::unique_ptr<std::atomic<uint64_t>[]> counts_;
+  std::atomic<uint64_t> count_{0};
+  std::atomic<double> sum_{0};
+  std::atomic<double> max_{0};
+};
+
+// LayerStats: what one layer (by name) has served.
+class LayerStats {
+ public:
+  LayerStats();
+
+  void RecordRequest(absl::StatusCode code, int64_t rows);
+  void RecordBatch(int64_t rows) {
+    batches_.fetch_add(1, std::memory_order_relaxed);
+    batch_rows.Record(static_cast<double>(rows));
+  }
+
+  uint64_t requests(absl::StatusCode code) const {
+    return requests_[Index(code)].load(std::memory_order_relaxed);
+  }
+  uint64_t rows(absl::StatusCode code) const {
+    return rows_[Index(code)].load(std::memory_order_relaxed);
+  }
+  uint64_t batches() const { return batches_.load(std::memory_order_relaxed); }
+
+  Histogram batch_rows;
+  Histogram queue_us;
+  Histogram compute_us;
+  Histogram total_us;
+
+  static constexpr int kCodes = 17;  // absl::StatusCode 0..16
+
+ private:
+  static size_t Index(absl::StatusCode code) {
+    const int c = static_cast<int>(code);
+    return static_cast<size_t>(c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown));
+  }
+  std::array<std::atomic<uint64_t>, kCodes> requests_{};
+  std::array<std::atomic<uint64_t>, kCodes> rows_{};
+  std::atomic<uint64_t> batches_{0};
+};
+
+}  // namespace qlinear
+
+#endif  // QLINEAR_CORE_ENGINE_STATS_H_

@@ -1,0 +1,317 @@
+// The serving core without gRPC: registry, memory budget, batcher, stats.
+#include "core/engine/engine.h"
+
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "core/half.h"
+#include "core/kernels/qmm.h"
+
+namespace qlinear {
+namespace {
+
+using ::testing::HasSubstr;
+using Clock = Engine::Clock;
+
+QuantizedMatrix MakeMatrix(int64_t n, int64_t k, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> w(static_cast<size_t>(n * k));
+  for (float& v : w) v = normal(rng);
+  return *Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), n, k);
+}
+
+std::shared_ptr<const Layer> MakeLayer(Engine& engine, const std::string& name, int64_t n,
+                                       int64_t k, uint64_t seed, bool bias = true) {
+  const QuantizedMatrix q = MakeMatrix(n, k, seed);
+  std::vector<float> b;
+  if (bias) {
+    for (int64_t i = 0; i < n; ++i) b.push_back(0.01f * static_cast<float>(i));
+  }
+  const uint64_t bytes = Layer::PackedBytes(q.params, n, k, bias);
+  EXPECT_TRUE(engine.budget().TryReserve(bytes, name).ok());
+  return Layer::Create(name, q, std::move(b), std::nullopt, engine.registry().NextVersion(),
+                       Reservation(&engine.budget(), bytes));
+}
+
+std::vector<float> RandomRows(int64_t rows, int64_t k, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * k));
+  for (float& v : x) v = normal(rng);
+  return x;
+}
+
+// The row computed alone, directly by the kernel: the reference for bits.
+std::vector<float> Solo(const Layer& layer, const float* x, int64_t rows) {
+  std::vector<float> y(static_cast<size_t>(rows * layer.info().n));
+  QuantizedMatmul(layer.packed(), DType::kF32, x, rows, layer.bias(), DType::kF32, y.data());
+  return y;
+}
+
+// Submits and waits (for tests only).
+Engine::ForwardResult Call(Engine& engine, Engine::ForwardRequest req, absl::Status* submit = nullptr) {
+  std::promise<Engine::ForwardResult> promise;
+  auto future = promise.get_future();
+  absl::Status s = engine.Submit(std::move(req), [&](Engine::ForwardResult r) {
+    promise.set_value(std::move(r));
+  });
+  if (submit != nullptr) *submit = s;
+  if (!s.ok()) {
+    Engine::ForwardResult r;
+    r.status = s;
+    return r;
+  }
+  return future.get();
+}
+
+Engine::ForwardRequest Request(const std::string& layer, const void* x, int64_t rows, int64_t k) {
+  Engine::ForwardRequest r;
+  r.layer = layer;
+  r.x = x;
+  r.rows = rows;
+  r.k = k;
+  return r;
+}
+
+std::unique_ptr<Engine> MakeEngine(Engine::Options o = {}) {
+  o.threads = o.threads ? o.threads : 2;
+  auto e = Engine::Create(o);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return *std::move(e);
+}
+
+TEST(RegistryTest, PublishReplaceUnloadAndMemory) {
+  auto engine = MakeEngine({.max_memory_bytes = 1 << 20});
+  auto v1 = MakeLayer(*engine, "a", 32, 128, 1);
+  const uint64_t one = engine->budget().used();
+  EXPECT_GT(one, 0u);
+  EXPECT_EQ(one, v1->info().bytes_held);
+  ASSERT_TRUE(engine->registry().Publish(v1, false).ok());
+  auto dup = MakeLayer(*engine, "a", 32, 128, 2);
+  absl::Status s = engine->registry().Publish(dup, false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(s.message(), HasSubstr("'a'"));
+  ASSERT_TRUE(engine->registry().Publish(dup, true).ok());
+  EXPECT_EQ(engine->registry().Get("a")->layer->info().version, dup->info().version);
+  EXPECT_GT(dup->info().version, v1->info().version);
+  // Both versions are held while someone holds the old one.
+  EXPECT_EQ(engine->budget().used(), 2 * one);
+  v1.reset();
+  EXPECT_EQ(engine->budget().used(), one);
+  dup.reset();
+  EXPECT_EQ(engine->budget().used(), one);  // still published
+  ASSERT_TRUE(engine->registry().Unload("a").ok());
+  EXPECT_EQ(engine->budget().used(), 0u);
+  EXPECT_EQ(engine->registry().Get("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->registry().Unload("a").code(), absl::StatusCode::kNotFound);
+  // The budget refuses what does not fit, naming the sizes.
+  absl::Status big = engine->budget().TryReserve(2 << 20, "layer 'huge'");
+  EXPECT_EQ(big.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(big.message(), HasSubstr("layer 'huge'"));
+}
+
+TEST(EngineTest, ForwardMatchesTheKernelAndValidates) {
+  auto engine = MakeEngine();
+  auto layer = MakeLayer(*engine, "l", 48, 256, 3);
+  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
+  const std::vector<float> x = RandomRows(3, 256, 4);
+  Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 3, 256));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  const std::vector<float> want = Solo(*layer, x.data(), 3);
+  ASSERT_EQ(r.y.size(), want.size() * 4);
+  EXPECT_EQ(std::memcmp(r.y.data(), want.data(), r.y.size()), 0);
+  EXPECT_EQ(r.version, layer->info().version);
+  EXPECT_EQ(r.batch_rows, 3);
+  EXPECT_EQ(r.batch_requests, 1);
+
+  // F16 in, BF16 out: the float32 result rounded once.
+  std::vector<uint16_t> xh(x.size());
+  for (size_t i = 0; i < x.size(); ++i) xh[i] = FloatToHalfBits(x[i]);
+  Engine::ForwardRequest req = Request("l", xh.data(), 3, 256);
+  req.x_dtype = DType::kF16;
+  req.y_dtype = DType::kBF16;
+  r = Call(*engine, req);
+  ASSERT_TRUE(r.status.ok());
+  std::vector<float> xr(x.size());
+  for (size_t i = 0; i < x.size(); ++i) xr[i] = HalfBitsToFloat(xh[i]);
+  const std::vector<float> want_h = Solo(*layer, xr.data(), 3);
+  for (size_t i = 0; i < want_h.size(); ++i) {
+    ASSERT_EQ(LoadFloat(DType::kBF16, r.y.data(), i), RoundTo(DType::kBF16, want_h[i]));
+  }
+
+  absl::Status s;
+  Call(*engine, Request("nope", x.data(), 1, 256), &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  Call(*engine, Request("l", x.data(), 1, 100), &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("expects input [..., 256]; got [..., 100]"));
+  Call(*engine, Request("l", x.data(), 0, 256), &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  req = Request("l", x.data(), 1, 256);
+  req.x_dtype = DType::kU8;
+  Call(*engine, req, &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  auto stats = engine->registry().Get("l")->stats;
+  EXPECT_EQ(stats->requests(absl::StatusCode::kOk), 2u);
+  EXPECT_EQ(stats->rows(absl::StatusCode::kOk), 6u);
+  EXPECT_EQ(stats->requests(absl::StatusCode::kInvalidArgument), 3u);
+}
+
+// 64 concurrent single-row requests coalesce into batches, and each gets its
+// own row back, bit-identical to the row computed alone.
+TEST(EngineTest, ConcurrentRowsBatchAndStayBitIdentical) {
+  auto engine = MakeEngine({.max_batch_rows = 64, .max_batch_delay_us = 20000});
+  auto layer = MakeLayer(*engine, "l", 80, 512, 5);
+  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
+  const int kClients = 64;
+  const std::vector<float> x = RandomRows(kClients, 512, 6);
+  std::vector<Engine::ForwardResult> results(kClients);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] { results[c] = Call(*engine, Request("l", x.data() + c * 512, 1, 512)); });
+  }
+  for (auto& t : threads) t.join();
+  int64_t biggest = 0;
+  for (int c = 0; c < kClients; ++c) {
+    ASSERT_TRUE(results[c].status.ok()) << results[c].status;
+    const std::vector<float> want = Solo(*layer, x.data() + c * 512, 1);
+    ASSERT_EQ(std::memcmp(results[c].y.data(), want.data(), want.size() * 4), 0) << "client " << c;
+    biggest = std::max(biggest, results[c].batch_rows);
+  }
+  EXPECT_GT(biggest, 1);
+  auto stats = engine->registry().Get("l")->stats;
+  EXPECT_LT(stats->batches(), static_cast<uint64_t>(kClients));
+  EXPECT_EQ(stats->rows(absl::StatusCode::kOk), static_cast<uint64_t>(kClients));
+  EXPECT_GT(stats->batch_rows.Read().max, 1.0);
+}
+
+TEST(EngineTest, LargeRequestsSplitAcrossBatches) {
+  auto engine = MakeEngine({.max_batch_rows = 16});
+  auto layer = MakeLayer(*engine, "l", 40, 128, 7);
+  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
+  const std::vector<float> x = RandomRows(53, 128, 8);
+  Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 53, 128));
+  ASSERT_TRUE(r.status.ok());
+  const std::vector<float> want = Solo(*layer, x.data(), 53);
+  EXPECT_EQ(std::memcmp(r.y.data(), want.data(), want.size() * 4), 0);
+  EXPECT_EQ(r.batch_rows, 16);
+  EXPECT_EQ(engine->registry().Get("l")->stats->batches(), 4u);
+}
+
+TEST(EngineTest, DeadlineCancelAndQueueLimits) {
+  auto engine = MakeEngine({.max_batch_rows = 1024, .max_batch_delay_us = 200000, .max_queue_rows = 10});
+  auto layer = MakeLayer(*engine, "l", 16, 64, 9);
+  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
+  const std::vector<float> x = RandomRows(8, 64, 10);
+  std::promise<Engine::ForwardResult> expired, cancelled, ok;
+  Engine::ForwardRequest a = Request("l", x.data(), 1, 64);
+  a.deadline = Clock::now() + std::chrono::milliseconds(20);
+  ASSERT_TRUE(engine->Submit(a, [&](Engine::ForwardResult r) { expired.set_value(std::move(r)); }).ok());
+  Engine::ForwardRequest b = Request("l", x.data(), 1, 64);
+  b.cancelled = [] { return true; };
+  ASSERT_TRUE(engine->Submit(b, [&](Engine::ForwardResult r) { cancelled.set_value(std::move(r)); }).ok());
+  ASSERT_TRUE(engine->Submit(Request("l", x.data(), 8, 64),
+                             [&](Engine::ForwardResult r) { ok.set_value(std::move(r)); }).ok());
+  // 10 rows queued now: the next one does not fit.
+  absl::Status full = engine->Submit(Request("l", x.data(), 1, 64), [](Engine::ForwardResult) {
+    ADD_FAILURE() << "a refused request must not be answered";
+  });
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.message(), HasSubstr("10 of 10 rows queued"));
+  EXPECT_EQ(expired.get_future().get().status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(cancelled.get_future().get().status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(ok.get_future().get().status.ok());
+  auto stats = engine->registry().Get("l")->stats;
+  EXPECT_EQ(stats->requests(absl::StatusCode::kDeadlineExceeded), 1u);
+  EXPECT_EQ(stats->requests(absl::StatusCode::kCancelled), 1u);
+  EXPECT_EQ(stats->requests(absl::StatusCode::kResourceExhausted), 1u);
+}
+
+// Every accepted request is answered exactly once, whether drain finishes
+// in time or not; nothing is accepted after it starts.
+TEST(EngineTest, DrainAnswersEveryAcceptedRequest) {
+  for (bool in_time : {true, false}) {
+    auto engine = MakeEngine({.max_batch_rows = 4});
+    auto layer = MakeLayer(*engine, "l", 512, 1024, 11);
+    ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
+    const std::vector<float> x = RandomRows(8, 1024, 12);
+    std::atomic<int> answered{0}, ok{0}, unavailable{0};
+    const int kRequests = 200;
+    for (int i = 0; i < kRequests; ++i) {
+      ASSERT_TRUE(engine->Submit(Request("l", x.data(), 8, 1024), [&](Engine::ForwardResult r) {
+        answered++;
+        if (r.status.ok()) ok++;
+        if (r.status.code() == absl::StatusCode::kUnavailable) unavailable++;
+      }).ok());
+    }
+    const bool drained = engine->Drain(in_time ? Clock::now() + std::chrono::seconds(60) : Clock::now());
+    EXPECT_EQ(drained, in_time);
+    EXPECT_EQ(answered.load(), kRequests);
+    EXPECT_EQ(ok + unavailable, kRequests);
+    if (in_time) EXPECT_EQ(ok.load(), kRequests);
+    else EXPECT_GT(unavailable.load(), 0);
+    absl::Status after = engine->Submit(Request("l", x.data(), 1, 1024), [](Engine::ForwardResult) {});
+    EXPECT_EQ(after.code(), absl::StatusCode::kUnavailable);
+  }
+}
+
+// Replacing a layer under load: every answer is exactly the old layer's or
+// exactly the new one's.
+TEST(EngineTest, ReplaceUnderLoadNeverMixes) {
+  auto engine = MakeEngine({.max_batch_rows = 32});
+  auto v1 = MakeLayer(*engine, "l", 64, 256, 13);
+  auto v2 = MakeLayer(*engine, "l", 64, 256, 14);
+  ASSERT_TRUE(engine->registry().Publish(v1, false).ok());
+  const std::vector<float> x = RandomRows(1, 256, 15);
+  const std::vector<float> y1 = Solo(*v1, x.data(), 1), y2 = Solo(*v2, x.data(), 1);
+  std::atomic<bool> stop{false};
+  std::atomic<int> old_seen{0}, new_seen{0}, bad{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 32; ++c) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 1, 256));
+        if (!r.status.ok()) continue;
+        if (std::memcmp(r.y.data(), y1.data(), y1.size() * 4) == 0 && r.version == v1->info().version) old_seen++;
+        else if (std::memcmp(r.y.data(), y2.data(), y2.size() * 4) == 0 && r.version == v2->info().version) new_seen++;
+        else bad++;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // load, not timing
+  ASSERT_TRUE(engine->registry().Publish(v2, true).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE(engine->registry().Unload("l").ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  stop = true;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(old_seen.load(), 0);
+  EXPECT_GT(new_seen.load(), 0);
+  absl::Status s;
+  Call(*engine, Request("l", x.data(), 1, 256), &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+}
+
+TEST(HistogramTest, PercentilesFromBuckets) {
+  Histogram h(Histogram::PowersOfTwo(1024));
+  for (int i = 1; i <= 100; ++i) h.Record(i);
+  const Histogram::Snapshot s = h.Read();
+  EXPECT_EQ(s.count, 100u);
+  EXPECT_DOUBLE_EQ(s.max, 100);
+  EXPECT_DOUBLE_EQ(s.Mean(), 50.5);
+  EXPECT_DOUBLE_EQ(s.Percentile(50), 64);   // the 50th value (50) is in (32, 64]
+  EXPECT_DOUBLE_EQ(s.Percentile(99), 100);  // capped by the max
+  EXPECT_DOUBLE_EQ(s.Percentile(1), 1);
+}
+
+}  // namespace
+}  // namespace qlinear
