@@ -1,0 +1,490 @@
+// Integration tests: a real server on an ephemeral loopback port, driven
+// through qlinear::Client.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "client/client.h"
+#include "core/half.h"
+#include "core/kernels/qmm.h"
+#include "core/quantize.h"
+#include "core/safetensors.h"
+#include "server/server.h"
+
+namespace qlinear {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string GoldenDir() {
+  const char* env = std::getenv("QLINEAR_GOLDEN_DIR");
+  return env != nullptr ? env : QLINEAR_GOLDEN_DIR;
+}
+
+template <typename T>
+absl::Span<const uint8_t> Span(const std::vector<T>& v) {
+  return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(T)};
+}
+
+v1::DType Wire(DType d) {
+  switch (d) {
+    case DType::kF16: return v1::F16;
+    case DType::kBF16: return v1::BF16;
+    case DType::kU8: return v1::U8;
+    case DType::kU32: return v1::U32;
+    default: return v1::F32;
+  }
+}
+
+v1::Mode Wire(QuantMode m) {
+  switch (m) {
+    case QuantMode::kMxfp4: return v1::MXFP4;
+    case QuantMode::kMxfp8: return v1::MXFP8;
+    case QuantMode::kNvfp4: return v1::NVFP4;
+    default: return v1::AFFINE;
+  }
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void StartServer(Engine::Options engine = {}) {
+    ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    engine.threads = engine.threads ? engine.threads : 2;
+    options.engine = engine;
+    auto server = QlinearServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    client_ = Client::Connect(server_->address());
+  }
+
+  std::vector<float> RandomFloats(size_t count, uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, scale);
+    std::vector<float> v(count);
+    for (float& f : v) f = normal(rng);
+    return v;
+  }
+
+  v1::QuantizeHeader Header(const std::string& name, int64_t n, int64_t k, bool bias = false,
+                            bool replace = false) {
+    v1::QuantizeHeader h;
+    h.set_name(name);
+    h.set_out_features(n);
+    h.set_in_features(k);
+    h.set_dtype(v1::F32);
+    h.set_has_bias(bias);
+    h.set_replace(replace);
+    return h;
+  }
+
+  absl::StatusOr<v1::LayerInfo> Upload(const std::string& name, int64_t n, int64_t k,
+                                       uint64_t seed, bool replace = false) {
+    const std::vector<float> w = RandomFloats(static_cast<size_t>(n * k), seed, 0.05f);
+    return client_->Quantize(Header(name, n, k, false, replace), Span(w), {});
+  }
+
+  v1::ForwardRequest ForwardF32(const std::string& layer, const std::vector<float>& x, int64_t rows,
+                                int64_t k) {
+    v1::ForwardRequest r;
+    r.set_layer(layer);
+    r.mutable_input()->set_dtype(v1::F32);
+    r.mutable_input()->add_shape(rows);
+    r.mutable_input()->add_shape(k);
+    r.mutable_input()->set_data(reinterpret_cast<const char*>(x.data()), static_cast<size_t>(rows * k) * 4);
+    return r;
+  }
+
+  std::unique_ptr<QlinearServer> server_;
+  std::unique_ptr<Client> client_;
+};
+
+double MaxAbs(const std::vector<float>& v) {
+  double m = 0;
+  for (float f : v) m = std::max(m, static_cast<double>(std::abs(f)));
+  return m;
+}
+
+double NormErr(const std::vector<float>& got, const std::vector<float>& want) {
+  double e = 0;
+  for (size_t i = 0; i < got.size(); ++i) e = std::max(e, std::abs(static_cast<double>(got[i]) - want[i]));
+  const double s = MaxAbs(want);
+  return s > 0 ? e / s : e;
+}
+
+std::vector<float> Floats(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.Find(name);
+  std::vector<float> out;
+  for (int64_t i = 0; i < t->elements(); ++i) out.push_back(LoadFloat(t->dtype, f.Data(*t).data(), i));
+  return out;
+}
+
+std::string Str(absl::Span<const uint8_t> s) { return std::string(reinterpret_cast<const char*>(s.data()), s.size()); }
+
+// Every golden file, uploaded through Quantize (from w) and LoadQuantized
+// (from wq/scales/biases), answers Forward within the core tolerances; Stats
+// counts exactly what was sent.
+TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
+  StartServer();
+  std::vector<std::string> files;
+  DIR* dir = opendir(GoldenDir().c_str());
+  ASSERT_NE(dir, nullptr) << GoldenDir();
+  while (dirent* e = readdir(dir)) {
+    if (absl::EndsWith(e->d_name, ".safetensors")) files.push_back(e->d_name);
+  }
+  closedir(dir);
+  ASSERT_EQ(files.size(), 76u);
+  uint64_t requests = 0, rows = 0;
+  std::map<std::string, std::pair<uint64_t, uint64_t>> per_layer;
+  for (const std::string& name : files) {
+    auto file = SafetensorsFile::Open(GoldenDir() + "/" + name);
+    ASSERT_TRUE(file.ok()) << file.status();
+    const auto& meta = (*file)->metadata();
+    auto mode = ParseQuantMode(meta.at("mode"));
+    ASSERT_TRUE(mode.ok());
+    int bits = 0, gs = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(meta.at("bits"), &bits));
+    ASSERT_TRUE(absl::SimpleAtoi(meta.at("group_size"), &gs));
+    const TensorInfo* w = (*file)->Find("w");
+    const TensorInfo* x = (*file)->Find("x");
+    const int64_t n = w->shape[0], k = w->shape[1], m = x->shape[0];
+    v1::QuantSpec spec;
+    spec.set_mode(Wire(*mode));
+    spec.set_bits(bits);
+    spec.set_group_size(gs);
+
+    v1::QuantizeHeader qh;
+    qh.set_name("q/" + name);
+    qh.set_out_features(n);
+    qh.set_in_features(k);
+    qh.set_dtype(Wire(w->dtype));
+    *qh.mutable_spec() = spec;
+    auto qi = client_->Quantize(qh, (*file)->Data(*w), {});
+    ASSERT_TRUE(qi.ok()) << name << ": " << qi.status();
+    EXPECT_TRUE(qi->has_error_report());
+
+    v1::LoadQuantizedHeader lh;
+    lh.set_name("l/" + name);
+    lh.set_out_features(n);
+    lh.set_in_features(k);
+    *lh.mutable_spec() = spec;
+    const TensorInfo* s = (*file)->Find("scales");
+    lh.set_scales_dtype(Wire(s->dtype));
+    const TensorInfo* b = (*file)->Find("biases");
+    auto li = client_->LoadQuantized(lh, (*file)->Data(*(*file)->Find("wq")), (*file)->Data(*s),
+                                     b ? (*file)->Data(*b) : absl::Span<const uint8_t>(), {});
+    ASSERT_TRUE(li.ok()) << name << ": " << li.status();
+
+    const std::vector<float> mlx_y = Floats(**file, "y");
+    const std::vector<float> exact = Floats(**file, "y_f32ref");
+    for (const std::string& layer : {"q/" + name, "l/" + name}) {
+      v1::ForwardRequest req;
+      req.set_layer(layer);
+      req.mutable_input()->set_dtype(Wire(x->dtype));
+      req.mutable_input()->add_shape(m);
+      req.mutable_input()->add_shape(k);
+      req.mutable_input()->set_data(Str((*file)->Data(*x)));
+      req.set_request_id("id-" + layer);
+      auto resp = client_->Forward(req);
+      ASSERT_TRUE(resp.ok()) << layer << ": " << resp.status();
+      EXPECT_EQ(resp->request_id(), "id-" + layer);
+      ASSERT_EQ(resp->output().dtype(), Wire(x->dtype));
+      ASSERT_EQ(resp->output().shape_size(), 2);
+      EXPECT_EQ(resp->output().shape(1), n);
+      std::vector<float> y;
+      const DType yd = x->dtype;
+      for (int64_t i = 0; i < m * n; ++i) {
+        y.push_back(LoadFloat(yd, resp->output().data().data(), i));
+        ASSERT_TRUE(std::isfinite(y.back())) << layer;
+      }
+      if (yd == DType::kF32) {
+        EXPECT_LE(NormErr(y, mlx_y), 1e-5) << layer;
+      } else if (!absl::StartsWith(name, "edge_f16range")) {
+        EXPECT_LE(NormErr(y, exact), NormErr(mlx_y, exact)) << layer;
+      }
+      ++requests;
+      rows += m;
+      per_layer[layer] = {1, m};
+    }
+  }
+  auto stats = client_->Stats();
+  ASSERT_TRUE(stats.ok());
+  uint64_t got_requests = 0, got_rows = 0;
+  for (const v1::LayerStats& l : stats->layers()) {
+    const auto want = per_layer.at(l.name());
+    EXPECT_EQ(l.requests_by_code().at("OK"), want.first) << l.name();
+    EXPECT_EQ(l.rows_by_code().at("OK"), want.second) << l.name();
+    got_requests += l.requests_by_code().at("OK");
+    got_rows += l.rows_by_code().at("OK");
+  }
+  EXPECT_EQ(got_requests, requests);
+  EXPECT_EQ(got_rows, rows);
+  EXPECT_EQ(stats->server().layers(), 152);
+}
+
+// 64 concurrent clients with distinct single rows each get their own row,
+// bit-identical to the row sent alone, and batches of more than one row form.
+TEST_F(ServerTest, ConcurrentClientsAreBatchedAndExact) {
+  StartServer({.max_batch_rows = 64, .max_batch_delay_us = 2000});
+  ASSERT_TRUE(Upload("l", 256, 512, 1).ok());
+  const int kClients = 64;
+  const std::vector<float> x = RandomFloats(kClients * 512, 2);
+  std::vector<std::string> alone(kClients), together(kClients);
+  for (int c = 0; c < kClients; ++c) {
+    auto r = client_->Forward(ForwardF32("l", std::vector<float>(x.begin() + c * 512, x.begin() + (c + 1) * 512), 1, 512));
+    ASSERT_TRUE(r.ok());
+    alone[c] = r->output().data();
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int64_t> biggest{0};
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      auto r = client_->Forward(ForwardF32("l", std::vector<float>(x.begin() + c * 512, x.begin() + (c + 1) * 512), 1, 512));
+      if (!r.ok()) return;
+      together[c] = r->output().data();
+      int64_t b = r->timing().batch_rows();
+      int64_t cur = biggest.load();
+      while (b > cur && !biggest.compare_exchange_weak(cur, b)) {}
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int c = 0; c < kClients; ++c) EXPECT_EQ(together[c], alone[c]) << "client " << c;
+  EXPECT_GT(biggest.load(), 1);
+  auto stats = client_->Stats("l");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_GT(stats->layers(0).batch_rows().max(), 1);
+  EXPECT_EQ(stats->layers(0).requests_by_code().at("OK"), 2u * kClients);
+}
+
+TEST_F(ServerTest, ReplaceAndUnloadUnderLoad) {
+  StartServer({.max_batch_rows = 32});
+  auto v1info = Upload("l", 128, 256, 3);
+  ASSERT_TRUE(v1info.ok());
+  const std::vector<float> x = RandomFloats(256, 4);
+  auto a = client_->Forward(ForwardF32("l", x, 1, 256));
+  ASSERT_TRUE(a.ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> mixed{0}, old_seen{0}, new_seen{0}, not_found{0}, other{0};
+  std::string new_answer;
+  std::mutex mu;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 32; ++c) {
+    clients.emplace_back([&] {
+      while (!stop) {
+        auto r = client_->Forward(ForwardF32("l", x, 1, 256));
+        if (!r.ok()) {
+          (r.status().code() == absl::StatusCode::kNotFound ? not_found : other)++;
+          continue;
+        }
+        if (r->layer_version() == v1info->version()) {
+          (r->output().data() == a->output().data() ? old_seen : mixed)++;
+        } else {
+          std::lock_guard<std::mutex> lock(mu);
+          if (new_answer.empty()) new_answer = r->output().data();
+          (r->output().data() == new_answer ? new_seen : mixed)++;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // load, not timing
+  auto v2info = Upload("l", 128, 256, 5, /*replace=*/true);
+  ASSERT_TRUE(v2info.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  ASSERT_TRUE(client_->Unload("l").ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  stop = true;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(mixed.load(), 0);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_GT(old_seen.load(), 0);
+  EXPECT_GT(new_seen.load(), 0);
+  EXPECT_GT(not_found.load(), 0);
+  // The new version's answer is what a fresh upload of the same weights gives.
+  auto v3 = Upload("again", 128, 256, 5);
+  ASSERT_TRUE(v3.ok());
+  auto fresh = client_->Forward(ForwardF32("again", x, 1, 256));
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(fresh->output().data(), new_answer);
+  EXPECT_EQ(client_->Forward(ForwardF32("l", x, 1, 256)).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServerTest, ErrorsMapToPreciseCodes) {
+  StartServer({.max_queue_rows = 64, .max_memory_bytes = 8 << 20});
+  ASSERT_TRUE(Upload("l", 64, 128, 6).ok());
+  const std::vector<float> x = RandomFloats(128 * 100, 7);
+  auto code = [](const auto& r) { return r.status().code(); };
+  // Unknown layer, wrong K, bad dtype, shape/byte mismatch, precision.
+  EXPECT_EQ(code(client_->Forward(ForwardF32("nope", x, 1, 128))), absl::StatusCode::kNotFound);
+  auto wrong_k = client_->Forward(ForwardF32("l", x, 2, 64));
+  EXPECT_EQ(code(wrong_k), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong_k.status().message(), HasSubstr("expects input [..., 128]; got [..., 64]"));
+  v1::ForwardRequest bad = ForwardF32("l", x, 1, 128);
+  bad.mutable_input()->set_dtype(v1::U8);
+  EXPECT_EQ(code(client_->Forward(bad)), absl::StatusCode::kInvalidArgument);
+  bad = ForwardF32("l", x, 1, 128);
+  bad.mutable_input()->set_data(bad.input().data().substr(0, 100));
+  auto mismatch = client_->Forward(bad);
+  EXPECT_EQ(code(mismatch), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mismatch.status().message(), HasSubstr("holds 100 bytes"));
+  bad = ForwardF32("l", x, 1, 128);
+  bad.set_precision(static_cast<v1::Precision>(7));
+  EXPECT_EQ(code(client_->Forward(bad)), absl::StatusCode::kInvalidArgument);
+  // Queue limit: one request larger than the whole queue.
+  auto big = client_->Forward(ForwardF32("l", x, 100, 128));
+  EXPECT_EQ(code(big), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(big.status().message(), HasSubstr("max-queue-rows"));
+  // Name taken, bad parameters, NaN weights, memory budget.
+  EXPECT_EQ(code(Upload("l", 64, 128, 8)), absl::StatusCode::kAlreadyExists);
+  v1::QuantizeHeader h = Header("p", 64, 128);
+  h.mutable_spec()->set_bits(7);
+  std::vector<float> w = RandomFloats(64 * 128, 9, 0.05f);
+  auto badbits = client_->Quantize(h, Span(w), {});
+  EXPECT_EQ(code(badbits), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(badbits.status().message(), HasSubstr("got 7"));
+  h = Header("k", 64, 100);
+  const std::vector<float> zeros(6400);
+  EXPECT_EQ(code(client_->Quantize(h, Span(zeros), {})), absl::StatusCode::kInvalidArgument);
+  w[5 * 128 + 9] = NAN;
+  auto nan = client_->Quantize(Header("nan", 64, 128), Span(w), {});
+  EXPECT_EQ(code(nan), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(nan.status().message(), HasSubstr("row 5, column 9"));
+  auto huge = client_->Quantize(Header("huge", 4096, 4096), {}, {});
+  EXPECT_EQ(code(huge), absl::StatusCode::kResourceExhausted);
+  // Truncated and out-of-order streams publish nothing.
+  w = RandomFloats(64 * 128, 10, 0.05f);
+  auto truncated = client_->Quantize(Header("t", 64, 128), Span(w).subspan(0, 1000), {});
+  EXPECT_EQ(code(truncated), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(truncated.status().message(), HasSubstr("ended early"));
+  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), 64, 128);
+  ASSERT_TRUE(q.ok());
+  v1::LoadQuantizedHeader lh;
+  lh.set_name("o");
+  lh.set_out_features(64);
+  lh.set_in_features(128);
+  lh.set_scales_dtype(v1::F32);
+  // Scales sent where the weight should be, then the weight: out of order.
+  auto ooo = client_->LoadQuantized(lh, {}, Span(q->scales), Span(q->biases), Span(q->wq));
+  EXPECT_EQ(code(ooo), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(client_->GetLayer("t")), absl::StatusCode::kNotFound);
+  EXPECT_EQ(code(client_->GetLayer("o")), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Unload("nope").code(), absl::StatusCode::kNotFound);
+  auto stats = client_->Stats("l");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->layers(0).requests_by_code().at("RESOURCE_EXHAUSTED"), 1u);
+  // Shutting down: UNAVAILABLE, health NOT_SERVING.
+  EXPECT_TRUE(server_->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(5)));
+}
+
+// A request whose deadline passes while it waits in the queue is dropped
+// without compute and counted DEADLINE_EXCEEDED.
+TEST_F(ServerTest, DeadlineExpiresInTheQueue) {
+  StartServer({.max_batch_rows = 1024, .max_batch_delay_us = 300000});
+  ASSERT_TRUE(Upload("l", 64, 128, 13).ok());
+  const std::vector<float> x = RandomFloats(128, 14);
+  Client::Options fast;
+  fast.timeout = std::chrono::milliseconds(30);
+  auto impatient = Client::Connect(server_->address(), fast);
+  EXPECT_EQ(impatient->Forward(ForwardF32("l", x, 1, 128)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  // The batch forms after the 300 ms delay; poll Stats (bounded) until then.
+  uint64_t dropped = 0;
+  for (int i = 0; i < 200 && dropped == 0; ++i) {
+    auto stats = client_->Stats("l");
+    ASSERT_TRUE(stats.ok());
+    const auto& codes = stats->layers(0).requests_by_code();
+    if (codes.count("DEADLINE_EXCEEDED")) dropped = codes.at("DEADLINE_EXCEEDED");
+    if (dropped == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(dropped, 1u);
+  auto stats = client_->Stats("l");
+  EXPECT_EQ(stats->layers(0).requests_by_code().count("OK"), 0u);
+  EXPECT_EQ(stats->layers(0).batches(), 0u);  // dropped without compute
+}
+
+TEST_F(ServerTest, LargeLayersAndInputsStream) {
+  StartServer();
+  // 2048 x 1024 float32 = 8 MiB of weights; 1100 rows x 1024 = 4.3 MiB input.
+  auto info = Upload("big", 2048, 1024, 11);
+  ASSERT_TRUE(info.ok()) << info.status();
+  const std::vector<float> x = RandomFloats(1100 * 1024, 12);
+  auto r = client_->Forward(ForwardF32("big", x, 1100, 1024));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->output().data().size(), 1100u * 2048 * 4);
+  EXPECT_TRUE(client_->Health().ok());
+  EXPECT_EQ(*client_->Health(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// The real binary: SIGTERM with requests in flight loses none of them.
+TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
+  for (bool in_time : {true, false}) {
+    const int port = 40000 + (getpid() % 10000) + (in_time ? 0 : 1);
+    const std::string addr = "127.0.0.1:" + std::to_string(port);
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      execl(QLINEAR_SERVER_BINARY, QLINEAR_SERVER_BINARY, "--listen", addr.c_str(), "--threads", "2",
+            "--max-batch-rows", "8", "--drain-timeout-s", in_time ? "60" : "0", nullptr);
+      _exit(127);
+    }
+    auto client = Client::Connect(addr);
+    bool up = false;
+    for (int i = 0; i < 600 && !up; ++i) {  // the demo layer takes a moment to build
+      up = client->Health().ok();
+      if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_TRUE(up);
+    std::mt19937_64 rng(1);
+    std::normal_distribution<float> normal;
+    std::vector<float> x(64 * 4096);
+    for (float& v : x) v = normal(rng);
+    std::atomic<int> ok{0}, unavailable{0}, other{0}, sent{0};
+    std::vector<std::thread> threads;
+    for (int c = 0; c < 16; ++c) {
+      threads.emplace_back([&] {
+        v1::ForwardRequest req;
+        req.set_layer("demo");
+        req.mutable_input()->set_dtype(v1::F32);
+        req.mutable_input()->add_shape(64);
+        req.mutable_input()->add_shape(4096);
+        req.mutable_input()->set_data(reinterpret_cast<const char*>(x.data()), x.size() * 4);
+        sent++;
+        auto r = client->Forward(req);
+        if (r.ok()) ok++;
+        else if (r.status().code() == absl::StatusCode::kUnavailable) unavailable++;
+        else other++;
+      });
+    }
+    while (sent < 16) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // let them be accepted
+    kill(pid, SIGTERM);
+    for (auto& t : threads) t.join();
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(other.load(), 0);
+    EXPECT_EQ(ok + unavailable, 16);
+    if (in_time) {
+      EXPECT_EQ(WEXITSTATUS(status), 0);
+      EXPECT_EQ(ok.load(), 16);
+    } else {
+      EXPECT_EQ(WEXITSTATUS(status), 1);
+      EXPECT_GT(unavailable.load(), 0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qlinear
