@@ -185,6 +185,12 @@ int RunUpload(int argc, char** argv) {
   for (const TensorInfo& t : (*file)->tensors()) {
     if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2 || !IsFloatDType(t.dtype)) continue;
     const std::string layer = t.name.substr(0, t.name.size() - 7);
+    if (t.shape[1] % params->group_size != 0) {  // as mlx-lm and `quantize` skip it
+      std::fprintf(stderr, "qlinear upload: warning: '%s' %s skipped: K=%lld is not a multiple of the group size %d\n",
+                   t.name.c_str(), t.ShapeString().c_str(), static_cast<long long>(t.shape[1]),
+                   params->group_size);
+      continue;
+    }
     const TensorInfo* bias = (*file)->Find(layer + ".bias");
     if (bias != nullptr && bias->dtype != t.dtype) {
       return cmd.Fail(absl::InvalidArgumentError(absl::StrCat(

@@ -84,6 +84,12 @@ absl::Status LoadModel(Engine* engine, const std::string& path, const QuantParam
   for (const TensorInfo& t : (*file)->tensors()) {
     if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2 || !IsFloatDType(t.dtype)) continue;
     const std::string layer = t.name.substr(0, t.name.size() - 7);
+    if (t.shape[1] % params.group_size != 0) {  // as mlx-lm skips it
+      std::fprintf(stderr, "qlinear-server: warning: '%s' %s not served: K=%lld is not a multiple of the group size %d\n",
+                   t.name.c_str(), t.ShapeString().c_str(), static_cast<long long>(t.shape[1]),
+                   params.group_size);
+      continue;
+    }
     auto q = Quantize(params, t.dtype, (*file)->Data(t).data(), t.shape[0], t.shape[1]);
     if (!q.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("'", t.name, "': ", q.status().message()));
@@ -130,6 +136,7 @@ int Main(int argc, char** argv) {
   }
   if (!flags->positional().empty()) return Usage(absl::StrCat("unexpected argument '", flags->positional()[0], "'"));
   ServerOptions options;
+  options.serving_on_start = false;  // SERVING once the layers are loaded
   if (auto v = flags->Get("listen")) options.listen = *v;
   struct IntFlag {
     const char* name;
@@ -198,6 +205,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "qlinear-server: %s\n", std::string(loaded.message()).c_str());
     return 1;
   }
+  (*server)->SetServing(true);
   std::vector<std::string> names;
   for (const auto& e : engine.registry().List()) {
     const Layer::Info& i = e.layer->info();

@@ -40,13 +40,17 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
   }
-  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  s->server_->GetHealthCheckService()->SetServingStatus(options.serving_on_start);
   return s;
 }
 
 std::string QlinearServer::address() const {
   const size_t colon = options_.listen.rfind(':');
   return absl::StrCat(options_.listen.substr(0, colon), ":", port_);
+}
+
+void QlinearServer::SetServing(bool serving) {
+  if (!shut_down_) server_->GetHealthCheckService()->SetServingStatus(serving);
 }
 
 bool QlinearServer::Shutdown(std::chrono::steady_clock::time_point deadline) {

@@ -27,6 +27,9 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:50051";  // port 0 picks a free port
   Engine::Options engine;
   int max_message_mb = 64;
+  // Report SERVING as soon as gRPC listens; false: NOT_SERVING until
+  // SetServing(true) (after the layers are loaded).
+  bool serving_on_start = true;
 };
 
 class QlinearServer {
@@ -37,6 +40,8 @@ class QlinearServer {
   Engine& engine() { return *engine_; }
   int port() const { return port_; }
   std::string address() const;
+  // SetServing sets the grpc.health.v1 status of the whole server.
+  void SetServing(bool serving);
 
   // Shutdown drains until `deadline`; true when every accepted request
   // finished normally. Idempotent.

@@ -1,5 +1,6 @@
 // Drives the real `qlinear` binary: quantize a multi-layer file, inspect it,
 // dequantize it back, and check files, output and exit statuses.
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "client/npy.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
 #include "core/quantize.h"
@@ -279,6 +281,105 @@ TEST_F(CliTest, DemoPrintsAnErrorReport) {
   EXPECT_THAT(r.out, HasSubstr("demo layer: [64, 256] F32, seed 0 -> affine b4 g64"));
   EXPECT_THAT(r.out, HasSubstr("rel_fro_err="));
   EXPECT_THAT(r.out, Not(HasSubstr("nan")));
+}
+
+
+// Kills a forked server if a test ends early, so no process outlives it.
+struct ChildGuard {
+  pid_t pid = -1;
+  ~ChildGuard() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// The server commands against a real qlinear-server process.
+TEST_F(CliTest, ServerCommandsEndToEnd) {
+  const std::string target = "127.0.0.1:" + std::to_string(30000 + getpid() % 10000);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl(QLINEAR_SERVER_BINARY, QLINEAR_SERVER_BINARY, "--listen", target.c_str(), "--threads",
+          "2", nullptr);
+    _exit(127);
+  }
+  ChildGuard guard{pid};
+  const std::string t = " --target " + target;
+  RunResult r;
+  for (int i = 0; i < 600; ++i) {  // the demo layer takes a moment to build
+    r = Run("health" + t);
+    if (r.exit_code == 0) break;
+    usleep(50000);
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("SERVING"));
+
+  r = Run("list" + t);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("demo: [4096, 4096] affine b4 g64"));
+
+  r = Run("forward" + t + " --layer demo --random-rows 2 --out " + Path("y.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("output [2, 4096] F32"));
+  EXPECT_THAT(r.out, HasSubstr("batch of 2 rows / 1 requests"));
+  auto y = ReadNpy(Path("y.npy"));
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_EQ(y->shape, (std::vector<int64_t>{2, 4096}));
+
+  // Upload a float model (Quantize) and a quantized one (LoadQuantized).
+  WriteModel(Path("model.safetensors"));
+  r = Run("upload" + t + " --in " + Path("model.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("layers.0.q_proj: [32, 128] affine b4 g64, version"));
+  EXPECT_THAT(r.out, HasSubstr("rel_fro_err="));
+  EXPECT_THAT(r.err, HasSubstr("'layers.0.odd.weight' [8, 48] skipped"));
+  ASSERT_EQ(Run("quantize --in " + Path("model.safetensors") + " --out " + Path("q.safetensors") +
+                " --bits 8 --group-size 32").exit_code, 0);
+  r = Run("upload" + t + " --in " + Path("q.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("ALREADY_EXISTS"));
+  r = Run("upload" + t + " --in " + Path("q.safetensors") + " --replace");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("layers.0.q_proj: [32, 128] affine b8 g32"));
+
+  // Forward from a safetensors input through the bias-carrying layer.
+  std::vector<float> x(3 * 128, 0.25f);
+  ASSERT_TRUE(WriteSafetensors(Path("x.safetensors"),
+                               {{"x", DType::kF32, {3, 128},
+                                 absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4)}},
+                               {}).ok());
+  r = Run("forward" + t + " --layer layers.0.q_proj --in " + Path("x.safetensors") + " --out " +
+          Path("y.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto ys = SafetensorsFile::Open(Path("y.safetensors"));
+  ASSERT_TRUE(ys.ok());
+  EXPECT_EQ((*ys)->Find("y")->shape, (std::vector<int64_t>{3, 32}));
+
+  r = Run("stats" + t + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"requests_by_code\""));
+  EXPECT_THAT(r.out, HasSubstr("\"name\":\"demo\""));
+  r = Run("stats" + t + " --layer demo");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("requests OK 1 (2 rows)"));
+
+  r = Run("unload" + t + " --layer layers.0.o_proj");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Run("forward" + t + " --layer layers.0.o_proj --random-rows 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_EQ(Run("forward" + t + " --layer demo").exit_code, 2);
+
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  guard.pid = -1;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  r = Run("health" + t + " --timeout-s 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("unreachable"));
 }
 
 }  // namespace

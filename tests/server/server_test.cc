@@ -427,6 +427,18 @@ TEST_F(ServerTest, LargeLayersAndInputsStream) {
   EXPECT_EQ(*client_->Health(), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
+
+// Kills a forked server if a test ends early, so no process outlives it.
+struct ChildGuard {
+  pid_t pid = -1;
+  ~ChildGuard() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
 // The real binary: SIGTERM with requests in flight loses none of them.
 TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
   for (bool in_time : {true, false}) {
@@ -439,6 +451,7 @@ TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
             "--max-batch-rows", "8", "--drain-timeout-s", in_time ? "60" : "0", nullptr);
       _exit(127);
     }
+    ChildGuard guard{pid};
     auto client = Client::Connect(addr);
     bool up = false;
     for (int i = 0; i < 600 && !up; ++i) {  // the demo layer takes a moment to build
@@ -473,6 +486,7 @@ TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
     for (auto& t : threads) t.join();
     int status = 0;
     waitpid(pid, &status, 0);
+    guard.pid = -1;
     ASSERT_TRUE(WIFEXITED(status));
     EXPECT_EQ(other.load(), 0);
     EXPECT_EQ(ok + unavailable, 16);
