@@ -2,8 +2,9 @@
 
 #include <fstream>
 #include <iterator>
-#include <regex>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -34,22 +35,40 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
   }
   if (offset + header_len > bytes.size()) return bad("header runs past the end");
   const std::string header = bytes.substr(offset, header_len);
-  std::smatch m;
+  // The header is a Python dict literal; read the three keys it must hold.
+  auto value_after = [&](const std::string& key) -> std::string {
+    const size_t at = header.find("'" + key + "'");
+    if (at == std::string::npos) return "";
+    const size_t colon = header.find(':', at);
+    return colon == std::string::npos ? "" : header.substr(colon + 1);
+  };
   NpyArray out;
-  if (!std::regex_search(header, m, std::regex("'descr':\\s*'([^']*)'"))) return bad("no descr");
-  if (m[1] == "<f4") {
+  const std::string descr = value_after("descr");
+  const size_t q1 = descr.find('\'');
+  const size_t q2 = q1 == std::string::npos ? q1 : descr.find('\'', q1 + 1);
+  if (q2 == std::string::npos) return bad("no descr");
+  const std::string type = descr.substr(q1 + 1, q2 - q1 - 1);
+  if (type == "<f4") {
     out.dtype = DType::kF32;
-  } else if (m[1] == "<f2") {
+  } else if (type == "<f2") {
     out.dtype = DType::kF16;
   } else {
-    return bad(absl::StrCat("dtype '", std::string(m[1]), "' (expected '<f4' or '<f2')"));
+    return bad(absl::StrCat("dtype '", type, "' (expected '<f4' or '<f2')"));
   }
-  if (std::regex_search(header, m, std::regex("'fortran_order':\\s*True"))) return bad("Fortran order");
-  if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) return bad("no shape");
+  if (absl::StartsWith(absl::StripLeadingAsciiWhitespace(value_after("fortran_order")), "True")) {
+    return bad("Fortran order");
+  }
+  const std::string shape_text = value_after("shape");
+  const size_t open = shape_text.find('(');
+  const size_t close = shape_text.find(')');
+  if (open == std::string::npos || close == std::string::npos || close < open) return bad("no shape");
   size_t elements = 1;
-  for (absl::string_view d : absl::StrSplit(std::string(m[1]), ',', absl::SkipWhitespace())) {
+  for (absl::string_view d : absl::StrSplit(shape_text.substr(open + 1, close - open - 1), ',',
+                                            absl::SkipWhitespace())) {
     int64_t v;
-    if (!absl::SimpleAtoi(d, &v) || v < 0) return bad(absl::StrCat("shape entry '", d, "'"));
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(d), &v) || v < 0) {
+      return bad(absl::StrCat("shape entry '", d, "'"));
+    }
     out.shape.push_back(v);
     elements *= static_cast<size_t>(v);
   }

@@ -1,5 +1,6 @@
 // qlinear-server: serves quantized linear layers over gRPC. See docs/api.md.
 #include <pthread.h>
+#include <unistd.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -29,7 +30,8 @@ constexpr char kUsage[] =
     "  --max-batch-rows N        most rows per batch (default 128; 1 disables batching)\n"
     "  --max-batch-delay-us N    how long a non-full batch may wait (default 0)\n"
     "  --max-queue-rows N        queued rows before RESOURCE_EXHAUSTED (default 8192)\n"
-    "  --max-memory-mb N         bytes all layers may hold, in MiB (default 0 = unlimited)\n"
+    "  --max-memory-mb N         bytes all layers may hold, in MiB (default 3/4 of physical\n"
+    "                            memory; 0 = unlimited)\n"
     "  --max-message-mb N        largest gRPC message, in MiB (default 64)\n"
     "  --drain-timeout-s N       on SIGINT/SIGTERM, how long to finish accepted work (default 30)\n"
     "  --model FILE.safetensors  load a model (repeatable): MLX triplets as they are, float\n"
@@ -104,6 +106,15 @@ absl::Status LoadModel(Engine* engine, const std::string& path, const QuantParam
   return absl::OkStatus();
 }
 
+// Three quarters of physical memory: a bound by default, so that no upload
+// can push the host into the OOM killer. 0 on the command line = unlimited.
+int64_t DefaultMemoryMb() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return 0;
+  return static_cast<int64_t>(pages) * page / 4 * 3 >> 20;
+}
+
 int Usage(absl::string_view message) {
   std::fprintf(stderr, "qlinear-server: %.*s\n%s", static_cast<int>(message.size()),
                message.data(), kUsage);
@@ -147,7 +158,7 @@ int Main(int argc, char** argv) {
                                {"max-batch-rows", 1, 1 << 20, 128},
                                {"max-batch-delay-us", 0, 10'000'000, 0},
                                {"max-queue-rows", 1, int64_t{1} << 32, 8192},
-                               {"max-memory-mb", 0, int64_t{1} << 30, 0},
+                               {"max-memory-mb", 0, int64_t{1} << 30, DefaultMemoryMb()},
                                {"max-message-mb", 1, 2047, 64},
                                {"drain-timeout-s", 0, 86400, 30}};
   for (IntFlag& f : ints) {

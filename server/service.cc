@@ -33,13 +33,18 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
   using StartFn = std::function<absl::StatusOr<std::unique_ptr<Upload>>(const Chunk&)>;
   using PartFn = std::function<absl::Status(Upload&, const Chunk&)>;
 
-  UploadReactor(v1::UploadResponse* response, StartFn start, PartFn part)
-      : response_(response), start_(std::move(start)), part_(std::move(part)) {
+  UploadReactor(grpc::CallbackServerContext* context, v1::UploadResponse* response, StartFn start,
+                PartFn part)
+      : context_(context), response_(response), start_(std::move(start)), part_(std::move(part)) {
     this->StartRead(&chunk_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client closed its side: the upload is complete
+    if (!ok) {  // the client closed its side (or went away)
+      if (context_->IsCancelled()) {
+        upload_.reset();  // never publish a cancelled upload
+        return this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
+      }
       if (upload_ == nullptr) {
         return this->Finish(ToGrpc(absl::InvalidArgumentError("upload stream had no header")));
       }
@@ -70,6 +75,7 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
   void OnDone() override { delete this; }
 
  private:
+  grpc::CallbackServerContext* context_;
   v1::UploadResponse* response_;
   StartFn start_;
   PartFn part_;
@@ -80,7 +86,7 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
 }  // namespace
 
 grpc::ServerReadReactor<v1::QuantizeChunk>* AdminService::Quantize(
-    grpc::CallbackServerContext* /*context*/, v1::UploadResponse* response) {
+    grpc::CallbackServerContext* context, v1::UploadResponse* response) {
   Engine* engine = engine_;
   auto start = [engine](const v1::QuantizeChunk& c) -> absl::StatusOr<std::unique_ptr<QuantizeUpload>> {
     if (!c.has_header()) {
@@ -113,11 +119,11 @@ grpc::ServerReadReactor<v1::QuantizeChunk>* AdminService::Quantize(
         return absl::InvalidArgumentError("empty Quantize message (no header, weight or bias)");
     }
   };
-  return new UploadReactor<v1::QuantizeChunk, QuantizeUpload>(response, start, part);
+  return new UploadReactor<v1::QuantizeChunk, QuantizeUpload>(context, response, start, part);
 }
 
 grpc::ServerReadReactor<v1::LoadQuantizedChunk>* AdminService::LoadQuantized(
-    grpc::CallbackServerContext* /*context*/, v1::UploadResponse* response) {
+    grpc::CallbackServerContext* context, v1::UploadResponse* response) {
   Engine* engine = engine_;
   auto start = [engine](const v1::LoadQuantizedChunk& c) -> absl::StatusOr<std::unique_ptr<LoadUpload>> {
     if (!c.has_header()) {
@@ -162,7 +168,7 @@ grpc::ServerReadReactor<v1::LoadQuantizedChunk>* AdminService::LoadQuantized(
         return absl::InvalidArgumentError("empty LoadQuantized message");
     }
   };
-  return new UploadReactor<v1::LoadQuantizedChunk, LoadUpload>(response, start, part);
+  return new UploadReactor<v1::LoadQuantizedChunk, LoadUpload>(context, response, start, part);
 }
 
 grpc::ServerUnaryReactor* AdminService::UnloadLayer(grpc::CallbackServerContext* context,

@@ -76,10 +76,20 @@ absl::StatusOr<std::unique_ptr<QuantizeUpload>> QuantizeUpload::Start(
   auto reservation = Reserve(engine, spec.name, spec.params, spec.n, spec.k, spec.has_bias);
   if (!reservation.ok()) return reservation.status();
   std::unique_ptr<QuantizeUpload> up(new QuantizeUpload());
+  try {
+    up->Allocate(spec);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate the staging buffers of layer '", spec.name, "' [", spec.n, ", ", spec.k, "]"));
+  }
   up->engine_ = engine;
   up->spec_ = spec;
   up->reservation_ = *std::move(reservation);
-  QuantizedMatrix& q = up->q_;
+  return up;
+}
+
+void QuantizeUpload::Allocate(const QuantizeUploadSpec& spec) {
+  QuantizedMatrix& q = q_;
   q.params = spec.params;
   q.dtype = spec.dtype;
   q.n = spec.n;
@@ -88,8 +98,7 @@ absl::StatusOr<std::unique_ptr<QuantizeUpload>> QuantizeUpload::Start(
   const size_t groups = static_cast<size_t>(spec.n * spec.params.groups(spec.k));
   q.scales.assign(groups * DTypeSize(q.scales_dtype()), 0);
   if (spec.params.has_biases()) q.biases.assign(groups * DTypeSize(spec.dtype), 0);
-  up->dq_row_.resize(static_cast<size_t>(spec.k));
-  return up;
+  dq_row_.resize(static_cast<size_t>(spec.k));
 }
 
 absl::Status QuantizeUpload::AddWeight(absl::Span<const uint8_t> bytes) {
@@ -223,7 +232,11 @@ absl::Status LoadUpload::Add(Part part, absl::Span<const uint8_t> bytes) {
     return absl::InvalidArgumentError(absl::StrCat(kNames[p], " stream is longer than the ",
                                                    Expected(part), " bytes the header implies"));
   }
-  parts_[p].insert(parts_[p].end(), bytes.begin(), bytes.end());
+  try {
+    parts_[p].insert(parts_[p].end(), bytes.begin(), bytes.end());
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate the ", kNames[p], " of layer '", spec_.name, "'"));
+  }
   return absl::OkStatus();
 }
 

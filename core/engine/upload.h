@@ -46,6 +46,7 @@ class QuantizeUpload {
 
  private:
   QuantizeUpload() = default;
+  void Allocate(const QuantizeUploadSpec& spec);  // may throw std::bad_alloc
   Engine* engine_ = nullptr;
   QuantizeUploadSpec spec_;
   Reservation reservation_;

@@ -1,6 +1,9 @@
 // Drives the real `qlinear` binary: quantize a multi-layer file, inspect it,
 // dequantize it back, and check files, output and exit statuses.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -284,6 +287,24 @@ TEST_F(CliTest, DemoPrintsAnErrorReport) {
 }
 
 
+// A port that was free a moment ago (bind to 0, read it, close): for
+// servers started as separate processes.
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
 // Kills a forked server if a test ends early, so no process outlives it.
 struct ChildGuard {
   pid_t pid = -1;
@@ -297,7 +318,9 @@ struct ChildGuard {
 
 // The server commands against a real qlinear-server process.
 TEST_F(CliTest, ServerCommandsEndToEnd) {
-  const std::string target = "127.0.0.1:" + std::to_string(30000 + getpid() % 10000);
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string target = "127.0.0.1:" + std::to_string(port);
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {

@@ -1,7 +1,10 @@
 // Integration tests: a real server on an ephemeral loopback port, driven
 // through qlinear::Client.
 #include <dirent.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -428,6 +431,24 @@ TEST_F(ServerTest, LargeLayersAndInputsStream) {
 }
 
 
+// A port that was free a moment ago (bind to 0, read it, close): for
+// servers started as separate processes.
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
 // Kills a forked server if a test ends early, so no process outlives it.
 struct ChildGuard {
   pid_t pid = -1;
@@ -442,7 +463,8 @@ struct ChildGuard {
 // The real binary: SIGTERM with requests in flight loses none of them.
 TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
   for (bool in_time : {true, false}) {
-    const int port = 40000 + (getpid() % 10000) + (in_time ? 0 : 1);
+    const int port = FreePort();
+    ASSERT_GT(port, 0);
     const std::string addr = "127.0.0.1:" + std::to_string(port);
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
