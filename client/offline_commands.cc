@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/command.h"
 #include "core/flags.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
@@ -25,22 +26,6 @@ namespace {
 
 const std::set<std::string> kParamFlags = {"bits", "group-size", "mode"};
 
-// Command carries one subcommand's name and how it reports errors.
-struct Command {
-  const char* name;
-  const char* usage;
-
-  int Usage(absl::string_view message) const {
-    std::fprintf(stderr, "qlinear %s: %.*s\nusage: qlinear %s %s\n", name,
-                 static_cast<int>(message.size()), message.data(), name, usage);
-    return 2;
-  }
-  int Fail(const absl::Status& status) const {
-    std::fprintf(stderr, "qlinear %s: %s\n", name,
-                 std::string(status.message()).c_str());
-    return 1;
-  }
-};
 
 std::set<std::string> With(std::set<std::string> a, const std::set<std::string>& b) {
   a.insert(b.begin(), b.end());

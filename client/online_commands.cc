@@ -13,33 +13,20 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/client.h"
+#include "client/command.h"
 #include "client/npy.h"
 #include "core/flags.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
 #include "core/safetensors.h"
 #include "google/protobuf/util/json_util.h"
+#include "proto/wire.h"
 
 namespace qlinear {
 namespace {
 
 constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 
-struct Cmd {
-  const char* name;
-  const char* usage;
-  int Usage(absl::string_view message) const {
-    std::fprintf(stderr, "qlinear %s: %.*s\nusage: qlinear %s %s\n", name,
-                 static_cast<int>(message.size()), message.data(), name, usage);
-    return 2;
-  }
-  int Fail(const absl::Status& status) const {
-    std::fprintf(stderr, "qlinear %s: %s: %s\n", name,
-                 absl::StatusCodeToString(status.code()).c_str(),
-                 std::string(status.message()).c_str());
-    return 1;
-  }
-};
 
 // Common flags: --target and --timeout-s.
 std::set<std::string> With(std::set<std::string> s) {
@@ -59,45 +46,6 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Flags& flags) {
     options.timeout = std::chrono::seconds(**timeout);
   }
   return Client::Connect(flags.Get("target").value_or(kDefaultTarget), options);
-}
-
-v1::DType WireDType(DType d) {
-  switch (d) {
-    case DType::kF16:
-      return v1::F16;
-    case DType::kBF16:
-      return v1::BF16;
-    case DType::kU8:
-      return v1::U8;
-    case DType::kU32:
-      return v1::U32;
-    default:
-      return v1::F32;
-  }
-}
-
-DType CoreDType(v1::DType d) {
-  switch (d) {
-    case v1::F16:
-      return DType::kF16;
-    case v1::BF16:
-      return DType::kBF16;
-    default:
-      return DType::kF32;
-  }
-}
-
-v1::Mode WireMode(QuantMode m) {
-  switch (m) {
-    case QuantMode::kMxfp4:
-      return v1::MXFP4;
-    case QuantMode::kMxfp8:
-      return v1::MXFP8;
-    case QuantMode::kNvfp4:
-      return v1::NVFP4;
-    default:
-      return v1::AFFINE;
-  }
 }
 
 std::string Describe(const v1::LayerInfo& l) {
@@ -121,7 +69,7 @@ absl::Span<const uint8_t> Span(const SafetensorsFile& f, const TensorInfo* t) {
 }  // namespace
 
 int RunUpload(int argc, char** argv) {
-  const Cmd cmd{"upload", "--in FILE.safetensors [--target ADDR] [--bits B] [--group-size G] "
+  const Command cmd{"upload", "--in FILE.safetensors [--target ADDR] [--bits B] [--group-size G] "
                           "[--mode M] [--replace] [--timeout-s S]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"in", "bits", "group-size", "mode"}), {"replace"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
@@ -145,9 +93,9 @@ int RunUpload(int argc, char** argv) {
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
   auto file = SafetensorsFile::Open(*in);
-  if (!file.ok()) return cmd.Fail(file.status());
+  if (!file.ok()) return cmd.FailRpc(file.status());
   auto sources = QuantizationSources::Load(*in, **file, overrides);
-  if (!sources.ok()) return cmd.Fail(sources.status());
+  if (!sources.ok()) return cmd.FailRpc(sources.status());
   const bool tty = isatty(STDERR_FILENO);
   auto progress = [&](const std::string& layer) -> Client::Progress {
     if (!tty) return {};
@@ -159,7 +107,7 @@ int RunUpload(int argc, char** argv) {
   int layers = 0;
   for (const std::string& layer : FindQuantizedLayers(**file)) {
     auto p = ResolveLayerParams(**file, layer, *sources);
-    if (!p.ok()) return cmd.Fail(p.status());
+    if (!p.ok()) return cmd.FailRpc(p.status());
     const TensorInfo* w = (*file)->Find(layer + ".weight");
     const TensorInfo* s = (*file)->Find(layer + ".scales");
     const TensorInfo* b = (*file)->Find(layer + ".biases");
@@ -168,17 +116,17 @@ int RunUpload(int argc, char** argv) {
     h.set_name(layer);
     h.set_out_features(w->shape[0]);
     h.set_in_features(w->shape[1] * 32 / p->bits);
-    h.mutable_spec()->set_mode(WireMode(p->mode));
+    h.mutable_spec()->set_mode(ToProto(p->mode));
     h.mutable_spec()->set_bits(p->bits);
     h.mutable_spec()->set_group_size(p->group_size);
-    h.set_scales_dtype(WireDType(s->dtype));
+    h.set_scales_dtype(ToProto(s->dtype));
     h.set_has_bias(bias != nullptr);
-    if (bias != nullptr) h.set_bias_dtype(WireDType(bias->dtype));
+    if (bias != nullptr) h.set_bias_dtype(ToProto(bias->dtype));
     h.set_replace(flags->Has("replace"));
     auto info = (*client)->LoadQuantized(h, Span(**file, w), Span(**file, s),
                                          p->has_biases() ? Span(**file, b) : absl::Span<const uint8_t>(),
                                          Span(**file, bias), progress(layer));
-    if (!info.ok()) return cmd.Fail(info.status());
+    if (!info.ok()) return cmd.FailRpc(info.status());
     std::printf("%s\n", Describe(*info).c_str());
     ++layers;
   }
@@ -193,33 +141,33 @@ int RunUpload(int argc, char** argv) {
     }
     const TensorInfo* bias = (*file)->Find(layer + ".bias");
     if (bias != nullptr && bias->dtype != t.dtype) {
-      return cmd.Fail(absl::InvalidArgumentError(absl::StrCat(
+      return cmd.FailRpc(absl::InvalidArgumentError(absl::StrCat(
           "'", layer, ".bias' is ", DTypeName(bias->dtype), " but the weight is ", DTypeName(t.dtype))));
     }
     v1::QuantizeHeader h;
     h.set_name(layer);
     h.set_out_features(t.shape[0]);
     h.set_in_features(t.shape[1]);
-    h.set_dtype(WireDType(t.dtype));
-    h.mutable_spec()->set_mode(WireMode(params->mode));
+    h.set_dtype(ToProto(t.dtype));
+    h.mutable_spec()->set_mode(ToProto(params->mode));
     h.mutable_spec()->set_bits(params->bits);
     h.mutable_spec()->set_group_size(params->group_size);
     h.set_has_bias(bias != nullptr);
     h.set_replace(flags->Has("replace"));
     auto info = (*client)->Quantize(h, (*file)->Data(t), Span(**file, bias), progress(layer));
-    if (!info.ok()) return cmd.Fail(info.status());
+    if (!info.ok()) return cmd.FailRpc(info.status());
     std::printf("%s\n", Describe(*info).c_str());
     ++layers;
   }
   if (layers == 0) {
-    return cmd.Fail(absl::InvalidArgumentError(
+    return cmd.FailRpc(absl::InvalidArgumentError(
         absl::StrCat("'", *in, "' holds no 2-D float .weight tensor and no quantized triplet")));
   }
   return 0;
 }
 
 int RunForward(int argc, char** argv) {
-  const Cmd cmd{"forward", "--layer NAME (--in X.safetensors|X.npy [--key x] | --random-rows R) "
+  const Command cmd{"forward", "--layer NAME (--in X.safetensors|X.npy [--key x] | --random-rows R) "
                            "[--dtype f32|f16|bf16] [--out Y.safetensors|Y.npy] [--target ADDR]"};
   auto flags = Flags::Parse(argc, argv, 2,
                             With({"layer", "in", "key", "random-rows", "out", "dtype", "seed",
@@ -247,41 +195,41 @@ int RunForward(int argc, char** argv) {
   if (*random_rows) {
     if (**random_rows < 1 || **random_rows > 65536) return cmd.Usage("--random-rows must be in [1, 65536]");
     auto info = (*client)->GetLayer(*layer);
-    if (!info.ok()) return cmd.Fail(info.status());
+    if (!info.ok()) return cmd.FailRpc(info.status());
     const int64_t k = info->in_features();
     auto seed = flags->GetInt("seed");
     std::mt19937_64 rng(seed.ok() && *seed ? static_cast<uint64_t>(**seed) : 1);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::string data(static_cast<size_t>(**random_rows * k) * DTypeSize(dtype), '\0');
     for (size_t i = 0; i < static_cast<size_t>(**random_rows * k); ++i) StoreFloat(dtype, data.data(), i, normal(rng));
-    input->set_dtype(WireDType(dtype));
+    input->set_dtype(ToProto(dtype));
     input->add_shape(**random_rows);
     input->add_shape(k);
     input->set_data(std::move(data));
   } else if (absl::EndsWith(*in, ".npy")) {
     auto arr = ReadNpy(*in);
-    if (!arr.ok()) return cmd.Fail(arr.status());
-    input->set_dtype(WireDType(arr->dtype));
+    if (!arr.ok()) return cmd.FailRpc(arr.status());
+    input->set_dtype(ToProto(arr->dtype));
     for (int64_t d : arr->shape) input->add_shape(d);
     input->set_data(reinterpret_cast<const char*>(arr->data.data()), arr->data.size());
   } else {
     auto file = SafetensorsFile::Open(*in);
-    if (!file.ok()) return cmd.Fail(file.status());
+    if (!file.ok()) return cmd.FailRpc(file.status());
     const std::string key = flags->Get("key").value_or("x");
     const TensorInfo* t = (*file)->Find(key);
-    if (t == nullptr) return cmd.Fail(absl::NotFoundError(absl::StrCat("'", *in, "' has no tensor '", key, "'")));
-    input->set_dtype(WireDType(t->dtype));
+    if (t == nullptr) return cmd.FailRpc(absl::NotFoundError(absl::StrCat("'", *in, "' has no tensor '", key, "'")));
+    input->set_dtype(ToProto(t->dtype));
     if (!IsFloatDType(t->dtype)) {
-      return cmd.Fail(absl::InvalidArgumentError(absl::StrCat("'", key, "' must be F32, F16 or BF16; got ", DTypeName(t->dtype))));
+      return cmd.FailRpc(absl::InvalidArgumentError(absl::StrCat("'", key, "' must be F32, F16 or BF16; got ", DTypeName(t->dtype))));
     }
     for (int64_t d : t->shape) input->add_shape(d);
     auto data = (*file)->Data(*t);
     input->set_data(reinterpret_cast<const char*>(data.data()), data.size());
   }
   auto response = (*client)->Forward(request);
-  if (!response.ok()) return cmd.Fail(response.status());
+  if (!response.ok()) return cmd.FailRpc(response.status());
   const v1::Tensor& y = response->output();
-  const DType yd = CoreDType(y.dtype());
+  const DType yd = FromProto(y.dtype()).value_or(DType::kF32);
   std::vector<std::string> values;
   const size_t count = y.data().size() / DTypeSize(yd);
   for (size_t i = 0; i < std::min<size_t>(count, 6); ++i) {
@@ -313,20 +261,20 @@ int RunForward(int argc, char** argv) {
     } else {
       written = WriteSafetensors(*out, {{"y", yd, shape, absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(y.data().data()), y.data().size())}}, {});
     }
-    if (!written.ok()) return cmd.Fail(written);
+    if (!written.ok()) return cmd.FailRpc(written);
     std::printf("wrote %s\n", out->c_str());
   }
   return 0;
 }
 
 int RunStats(int argc, char** argv) {
-  const Cmd cmd{"stats", "[--target ADDR] [--layer NAME] [--json]"};
+  const Command cmd{"stats", "[--target ADDR] [--layer NAME] [--json]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"layer"}), {"json"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
   auto stats = (*client)->Stats(flags->Get("layer").value_or(""));
-  if (!stats.ok()) return cmd.Fail(stats.status());
+  if (!stats.ok()) return cmd.FailRpc(stats.status());
   if (flags->Has("json")) {
     std::string json;
     google::protobuf::util::JsonPrintOptions o;
@@ -362,20 +310,20 @@ int RunStats(int argc, char** argv) {
 }
 
 int RunList(int argc, char** argv) {
-  const Cmd cmd{"list", "[--target ADDR]"};
+  const Command cmd{"list", "[--target ADDR]"};
   auto flags = Flags::Parse(argc, argv, 2, With({}), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
   auto list = (*client)->ListLayers();
-  if (!list.ok()) return cmd.Fail(list.status());
+  if (!list.ok()) return cmd.FailRpc(list.status());
   for (const v1::LayerInfo& l : list->layers()) std::printf("%s\n", Describe(l).c_str());
   if (list->layers().empty()) std::printf("no layers loaded\n");
   return 0;
 }
 
 int RunUnload(int argc, char** argv) {
-  const Cmd cmd{"unload", "--layer NAME [--target ADDR]"};
+  const Command cmd{"unload", "--layer NAME [--target ADDR]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"layer"}), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   const auto layer = flags->Get("layer");
@@ -383,13 +331,13 @@ int RunUnload(int argc, char** argv) {
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
   absl::Status s = (*client)->Unload(*layer);
-  if (!s.ok()) return cmd.Fail(s);
+  if (!s.ok()) return cmd.FailRpc(s);
   std::printf("unloaded %s\n", layer->c_str());
   return 0;
 }
 
 int RunHealth(int argc, char** argv) {
-  const Cmd cmd{"health", "[--target ADDR]"};
+  const Command cmd{"health", "[--target ADDR]"};
   auto flags = Flags::Parse(argc, argv, 2, With({}), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   auto client = Connect(*flags);

@@ -121,17 +121,6 @@ absl::Status CheckFits(const std::string& layer, const LayerTensors& t,
   return absl::OkStatus();
 }
 
-std::vector<QuantParams> AllParams() {
-  std::vector<QuantParams> all;
-  for (int bits : {2, 3, 4, 5, 6, 8}) {
-    for (int gs : {32, 64, 128}) all.push_back({QuantMode::kAffine, bits, gs});
-  }
-  for (QuantMode m : {QuantMode::kMxfp4, QuantMode::kMxfp8, QuantMode::kNvfp4}) {
-    all.push_back(DefaultQuantParams(m));
-  }
-  return all;
-}
-
 }  // namespace
 
 absl::StatusOr<QuantizationConfig> QuantizationConfig::FromJson(
@@ -251,7 +240,7 @@ absl::StatusOr<QuantParams> ResolveLayerParams(
   const LayerTensors tensors = FindLayerTensors(file, layer);
   if (base.empty() && sources.overrides.empty()) {
     std::vector<std::string> fits;
-    for (const QuantParams& p : AllParams()) {
+    for (const QuantParams& p : AllQuantParams()) {
       if (CheckFits(layer, tensors, p).ok()) fits.push_back(p.ToString());
     }
     return absl::InvalidArgumentError(absl::StrCat(

@@ -57,6 +57,17 @@ absl::StatusOr<QuantParams> MakeQuantParams(QuantMode mode,
   return params;
 }
 
+std::vector<QuantParams> AllQuantParams() {
+  std::vector<QuantParams> all;
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
+    for (int gs : {32, 64, 128}) all.push_back({QuantMode::kAffine, bits, gs});
+  }
+  for (QuantMode m : {QuantMode::kMxfp4, QuantMode::kMxfp8, QuantMode::kNvfp4}) {
+    all.push_back(DefaultQuantParams(m));
+  }
+  return all;
+}
+
 absl::Status ValidateQuantParams(const QuantParams& p) {
   if (p.mode == QuantMode::kAffine) {
     if (p.group_size != 32 && p.group_size != 64 && p.group_size != 128) {

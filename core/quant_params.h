@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -55,6 +56,9 @@ QuantParams DefaultQuantParams(QuantMode mode);
 absl::StatusOr<QuantParams> MakeQuantParams(QuantMode mode,
                                             std::optional<int> bits,
                                             std::optional<int> group_size);
+
+// AllQuantParams lists every combination MLX accepts (18 affine + 3 fp).
+std::vector<QuantParams> AllQuantParams();
 
 // ValidateQuantParams returns INVALID_ARGUMENT naming the accepted values when
 // the combination is not one MLX supports.

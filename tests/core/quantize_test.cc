@@ -17,17 +17,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::vector<QuantParams> ValidParams() {
-  std::vector<QuantParams> all;
-  for (int bits : {2, 3, 4, 5, 6, 8}) {
-    for (int gs : {32, 64, 128}) all.push_back({QuantMode::kAffine, bits, gs});
-  }
-  for (QuantMode m : {QuantMode::kMxfp4, QuantMode::kMxfp8, QuantMode::kNvfp4}) {
-    all.push_back(DefaultQuantParams(m));
-  }
-  return all;
-}
-
 std::vector<uint8_t> RandomWeights(DType dtype, int64_t count, uint64_t seed,
                                    float stddev = 1.0f) {
   std::mt19937_64 rng(seed);
@@ -40,7 +29,7 @@ std::vector<uint8_t> RandomWeights(DType dtype, int64_t count, uint64_t seed,
 }
 
 TEST(QuantParamsTest, AcceptsExactlyMlxCombinations) {
-  const std::vector<QuantParams> valid = ValidParams();
+  const std::vector<QuantParams> valid = AllQuantParams();
   for (QuantMode mode : {QuantMode::kAffine, QuantMode::kMxfp4,
                          QuantMode::kMxfp8, QuantMode::kNvfp4}) {
     for (int bits = 0; bits <= 9; ++bits) {
@@ -171,7 +160,7 @@ TEST_P(AllParamsTest, ReferenceForwardMatchesDequantizedProduct) {
 
 INSTANTIATE_TEST_SUITE_P(
     Formats, AllParamsTest,
-    ::testing::Combine(::testing::ValuesIn(ValidParams()),
+    ::testing::Combine(::testing::ValuesIn(AllQuantParams()),
                        ::testing::Values(DType::kF32, DType::kF16, DType::kBF16)),
     [](const auto& info) {
       const QuantParams& p = std::get<0>(info.param);

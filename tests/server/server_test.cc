@@ -21,11 +21,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "client/client.h"
+#include "proto/wire.h"
 #include "core/half.h"
 #include "core/kernels/qmm.h"
 #include "core/quantize.h"
 #include "core/safetensors.h"
 #include "server/server.h"
+#include "tests/test_util.h"
 
 namespace qlinear {
 namespace {
@@ -42,24 +44,7 @@ absl::Span<const uint8_t> Span(const std::vector<T>& v) {
   return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(T)};
 }
 
-v1::DType Wire(DType d) {
-  switch (d) {
-    case DType::kF16: return v1::F16;
-    case DType::kBF16: return v1::BF16;
-    case DType::kU8: return v1::U8;
-    case DType::kU32: return v1::U32;
-    default: return v1::F32;
-  }
-}
 
-v1::Mode Wire(QuantMode m) {
-  switch (m) {
-    case QuantMode::kMxfp4: return v1::MXFP4;
-    case QuantMode::kMxfp8: return v1::MXFP8;
-    case QuantMode::kNvfp4: return v1::NVFP4;
-    default: return v1::AFFINE;
-  }
-}
 
 class ServerTest : public ::testing::Test {
  protected:
@@ -165,7 +150,7 @@ TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
     const TensorInfo* x = (*file)->Find("x");
     const int64_t n = w->shape[0], k = w->shape[1], m = x->shape[0];
     v1::QuantSpec spec;
-    spec.set_mode(Wire(*mode));
+    spec.set_mode(ToProto(*mode));
     spec.set_bits(bits);
     spec.set_group_size(gs);
 
@@ -173,7 +158,7 @@ TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
     qh.set_name("q/" + name);
     qh.set_out_features(n);
     qh.set_in_features(k);
-    qh.set_dtype(Wire(w->dtype));
+    qh.set_dtype(ToProto(w->dtype));
     *qh.mutable_spec() = spec;
     auto qi = client_->Quantize(qh, (*file)->Data(*w), {});
     ASSERT_TRUE(qi.ok()) << name << ": " << qi.status();
@@ -185,7 +170,7 @@ TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
     lh.set_in_features(k);
     *lh.mutable_spec() = spec;
     const TensorInfo* s = (*file)->Find("scales");
-    lh.set_scales_dtype(Wire(s->dtype));
+    lh.set_scales_dtype(ToProto(s->dtype));
     const TensorInfo* b = (*file)->Find("biases");
     auto li = client_->LoadQuantized(lh, (*file)->Data(*(*file)->Find("wq")), (*file)->Data(*s),
                                      b ? (*file)->Data(*b) : absl::Span<const uint8_t>(), {});
@@ -196,7 +181,7 @@ TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
     for (const std::string& layer : {"q/" + name, "l/" + name}) {
       v1::ForwardRequest req;
       req.set_layer(layer);
-      req.mutable_input()->set_dtype(Wire(x->dtype));
+      req.mutable_input()->set_dtype(ToProto(x->dtype));
       req.mutable_input()->add_shape(m);
       req.mutable_input()->add_shape(k);
       req.mutable_input()->set_data(Str((*file)->Data(*x)));
@@ -204,7 +189,7 @@ TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
       auto resp = client_->Forward(req);
       ASSERT_TRUE(resp.ok()) << layer << ": " << resp.status();
       EXPECT_EQ(resp->request_id(), "id-" + layer);
-      ASSERT_EQ(resp->output().dtype(), Wire(x->dtype));
+      ASSERT_EQ(resp->output().dtype(), ToProto(x->dtype));
       ASSERT_EQ(resp->output().shape_size(), 2);
       EXPECT_EQ(resp->output().shape(1), n);
       std::vector<float> y;
@@ -431,34 +416,7 @@ TEST_F(ServerTest, LargeLayersAndInputsStream) {
 }
 
 
-// A port that was free a moment ago (bind to 0, read it, close): for
-// servers started as separate processes.
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (fd >= 0) close(fd);
-  return port;
-}
 
-// Kills a forked server if a test ends early, so no process outlives it.
-struct ChildGuard {
-  pid_t pid = -1;
-  ~ChildGuard() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
 
 // The real binary: SIGTERM with requests in flight loses none of them.
 TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {

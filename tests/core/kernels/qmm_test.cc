@@ -24,17 +24,6 @@ std::vector<SimdTarget> Targets() {
   return out;
 }
 
-std::vector<QuantParams> AllParams() {
-  std::vector<QuantParams> all;
-  for (int bits : {2, 3, 4, 5, 6, 8}) {
-    for (int gs : {32, 64, 128}) all.push_back({QuantMode::kAffine, bits, gs});
-  }
-  for (QuantMode m : {QuantMode::kMxfp4, QuantMode::kMxfp8, QuantMode::kNvfp4}) {
-    all.push_back(DefaultQuantParams(m));
-  }
-  return all;
-}
-
 std::vector<uint8_t> Random(DType dtype, int64_t count, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -98,7 +87,7 @@ TEST_P(FormatTest, MatchesReferenceOnEveryTarget) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllFormats, FormatTest, ::testing::ValuesIn(AllParams()),
+INSTANTIATE_TEST_SUITE_P(AllFormats, FormatTest, ::testing::ValuesIn(AllQuantParams()),
                          [](const auto& info) {
                            const QuantParams& p = info.param;
                            return std::string(QuantModeName(p.mode)) + "_b" +
