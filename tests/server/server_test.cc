@@ -21,6 +21,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "client/client.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "proto/wire.h"
 #include "core/half.h"
 #include "core/kernels/qmm.h"
@@ -400,6 +402,37 @@ TEST_F(ServerTest, DeadlineExpiresInTheQueue) {
   auto stats = client_->Stats("l");
   EXPECT_EQ(stats->layers(0).requests_by_code().count("OK"), 0u);
   EXPECT_EQ(stats->layers(0).batches(), 0u);  // dropped without compute
+}
+
+// A client that cancels while its request is queued gets CANCELLED, and the
+// server drops the request without compute.
+TEST_F(ServerTest, CancellationWhileQueued) {
+  StartServer({.max_batch_rows = 1024, .max_batch_delay_us = 300000});
+  ASSERT_TRUE(Upload("l", 64, 128, 15).ok());
+  const std::vector<float> x = RandomFloats(128, 16);
+  auto stub = v1::Data::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::ForwardResponse response;
+  grpc::Status status;
+  std::thread caller([&] { status = stub->Forward(&context, ForwardF32("l", x, 1, 128), &response); });
+  // Cancel once the request is queued (it waits for the 300 ms batch delay).
+  for (int i = 0; i < 200 && server_->engine().queued_rows() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(server_->engine().queued_rows(), 1);
+  context.TryCancel();
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  uint64_t cancelled = 0;
+  for (int i = 0; i < 200 && cancelled == 0; ++i) {
+    auto stats = client_->Stats("l");
+    ASSERT_TRUE(stats.ok());
+    const auto& codes = stats->layers(0).requests_by_code();
+    if (codes.count("CANCELLED")) cancelled = codes.at("CANCELLED");
+    if (cancelled == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(cancelled, 1u);
+  EXPECT_EQ(client_->Stats("l")->layers(0).batches(), 0u);
 }
 
 TEST_F(ServerTest, LargeLayersAndInputsStream) {
