@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "client/bench_command.h"
 #include "client/offline_commands.h"
 #include "client/online_commands.h"
 
@@ -28,6 +29,8 @@ constexpr char kUsage[] =
     "  list\n"
     "  unload     --layer NAME\n"
     "  health     (exit 0 only when SERVING)\n"
+    "  bench      --layer NAME [--rows R] [--dtype D] (--concurrency C | --rate QPS)\n"
+    "             [--duration S | --requests N] [--warmup S] [--until-stable] [--json]\n"
     "\n"
     "exit status: 0 success, 2 bad usage, 1 any other failure\n";
 
@@ -54,6 +57,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(command, "list") == 0) return qlinear::RunList(argc, argv);
   if (std::strcmp(command, "unload") == 0) return qlinear::RunUnload(argc, argv);
   if (std::strcmp(command, "health") == 0) return qlinear::RunHealth(argc, argv);
+  if (std::strcmp(command, "bench") == 0) return qlinear::RunBench(argc, argv);
   std::fprintf(stderr, "qlinear: unknown command '%s'\n%s", command, kUsage);
   return 2;
 }

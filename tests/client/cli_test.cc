@@ -17,7 +17,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "client/client.h"
 #include "client/npy.h"
+#include "nlohmann/json.hpp"
 #include "core/half.h"
 #include "core/mlx_file.h"
 #include "core/quantize.h"
@@ -377,6 +379,66 @@ TEST_F(CliTest, ServerCommandsEndToEnd) {
   r = Run("health" + t + " --timeout-s 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("unreachable"));
+}
+
+// qlinear bench against a real server: the JSON report has every field, and
+// requests_total equals the change in the server's request count.
+TEST_F(CliTest, BenchReportMatchesServerStats) {
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string target = "127.0.0.1:" + std::to_string(port);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl(QLINEAR_SERVER_BINARY, QLINEAR_SERVER_BINARY, "--listen", target.c_str(), "--threads",
+          "2", nullptr);
+    _exit(127);
+  }
+  ChildGuard guard{pid};
+  auto client = Client::Connect(target);
+  bool up = false;
+  for (int i = 0; i < 600 && !up; ++i) {
+    up = client->Health().ok() && *client->Health() == grpc::health::v1::HealthCheckResponse::SERVING;
+    if (!up) usleep(50000);
+  }
+  ASSERT_TRUE(up);
+  auto count = [&] {
+    auto stats = client->Stats("demo");
+    EXPECT_TRUE(stats.ok());
+    uint64_t n = 0;
+    for (const auto& [code, c] : stats->layers(0).requests_by_code()) n += c;
+    return n;
+  };
+  const uint64_t before = count();
+  for (const std::string& load : {std::string("--concurrency 4"), std::string("--rate 200")}) {
+    const uint64_t start = count();
+    RunResult r = Run("bench --target " + target + " --layer demo " + load +
+                      " --duration 2 --warmup 1 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.out;
+    for (const char* key : {"requests", "rows", "seconds", "requests_per_s", "rows_per_s",
+                            "requests_total", "latency_ms", "errors", "server", "stable"}) {
+      EXPECT_TRUE(j.contains(key)) << key << " missing in " << r.out;
+    }
+    for (const char* key : {"p50", "p90", "p99", "p999", "max"}) EXPECT_TRUE(j["latency_ms"].contains(key));
+    for (const char* key : {"queue_us_mean", "compute_us_mean", "batch_rows_mean"}) {
+      EXPECT_TRUE(j["server"].contains(key));
+    }
+    EXPECT_TRUE(j["stable"].is_boolean());
+    EXPECT_GT(j["requests"].get<uint64_t>(), 0u);
+    EXPECT_GE(j["requests_total"].get<uint64_t>(), j["requests"].get<uint64_t>());
+    EXPECT_GT(j["latency_ms"]["p50"].get<double>(), 0.0);
+    EXPECT_LE(j["latency_ms"]["p50"].get<double>(), j["latency_ms"]["max"].get<double>());
+    EXPECT_GE(j["server"]["batch_rows_mean"].get<double>(), 1.0);
+    EXPECT_EQ(j["requests_total"].get<uint64_t>(), count() - start) << load;
+  }
+  EXPECT_GT(count(), before);
+  RunResult r = Run("bench --target " + target + " --layer demo --duration 1");
+  EXPECT_EQ(r.exit_code, 2);  // neither --concurrency nor --rate
+  r = Run("bench --target " + target + " --layer nope --concurrency 1 --duration 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
 }
 
 }  // namespace

@@ -1,0 +1,324 @@
+#include "client/bench_command.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/client.h"
+#include "client/command.h"
+#include "core/flags.h"
+#include "core/half.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "proto/wire.h"
+
+namespace qlinear {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+// Everything the run records; guarded by mu.
+struct Recorder {
+  std::mutex mu;
+  Clock::time_point measure_start, measure_end;  // the measured part
+  bool measuring = false;
+  std::vector<std::vector<double>> window_latency_ms;  // per 1-second window
+  std::map<std::string, uint64_t> errors;              // measured part
+  uint64_t requests_total = 0;                         // every answer, warmup included
+  uint64_t measured = 0, measured_ok = 0;
+  double queue_us = 0, compute_us = 0, batch_rows = 0;  // sums over measured OK answers
+
+  void Record(Clock::time_point started, Clock::time_point done, const grpc::Status& status,
+              const v1::ForwardResponse& response) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++requests_total;
+    if (!measuring || started < measure_start) return;
+    const size_t window = static_cast<size_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(done - measure_start).count());
+    if (window >= window_latency_ms.size()) window_latency_ms.resize(window + 1);
+    ++measured;
+    if (status.ok()) {
+      ++measured_ok;
+      window_latency_ms[window].push_back(
+          std::chrono::duration<double, std::milli>(done - started).count());
+      queue_us += static_cast<double>(response.timing().queue_us());
+      compute_us += static_cast<double>(response.timing().compute_us());
+      batch_rows += static_cast<double>(response.timing().batch_rows());
+    } else {
+      ++errors[absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()))];
+    }
+  }
+};
+
+// One call in flight: owns what gRPC needs until the callback.
+struct Call {
+  grpc::ClientContext context;
+  v1::ForwardResponse response;
+  Clock::time_point started;
+};
+
+}  // namespace
+
+int RunBench(int argc, char** argv) {
+  const Command cmd{"bench",
+                    "--layer NAME [--target ADDR] [--rows R] [--dtype f32|f16|bf16] "
+                    "(--concurrency C | --rate QPS) [--duration S | --requests N] [--warmup S] "
+                    "[--until-stable] [--channels K] [--json]"};
+  auto flags = Flags::Parse(argc, argv, 2,
+                            {"target", "layer", "rows", "dtype", "concurrency", "rate", "duration",
+                             "requests", "warmup", "channels", "timeout-s"},
+                            {"json", "until-stable"});
+  if (!flags.ok()) return cmd.Usage(flags.status().message());
+  const auto layer = flags->Get("layer");
+  if (!layer) return cmd.Usage("--layer is required");
+  auto int_flag = [&](const char* name, int64_t def, int64_t lo, int64_t hi, int64_t* out) -> bool {
+    auto v = flags->GetInt(name);
+    if (!v.ok()) return false;
+    *out = v->value_or(def);
+    return *out >= lo && *out <= hi;
+  };
+  int64_t rows, concurrency, rate, duration, requests, warmup, channels, timeout_s;
+  if (!int_flag("rows", 1, 1, 65536, &rows)) return cmd.Usage("--rows must be in [1, 65536]");
+  if (!int_flag("concurrency", 0, 0, 65536, &concurrency)) return cmd.Usage("--concurrency must be in [1, 65536]");
+  if (!int_flag("rate", 0, 0, 10'000'000, &rate)) return cmd.Usage("--rate must be in [1, 10000000]");
+  if (!int_flag("duration", 10, 1, 86400, &duration)) return cmd.Usage("--duration must be in [1, 86400] seconds");
+  if (!int_flag("requests", 0, 0, int64_t{1} << 40, &requests)) return cmd.Usage("--requests must be positive");
+  if (!int_flag("warmup", 2, 0, 3600, &warmup)) return cmd.Usage("--warmup must be in [0, 3600] seconds");
+  if (!int_flag("channels", 0, 0, 64, &channels)) return cmd.Usage("--channels must be in [1, 64]");
+  if (!int_flag("timeout-s", 60, 1, 86400, &timeout_s)) return cmd.Usage("--timeout-s must be in [1, 86400]");
+  if ((concurrency > 0) == (rate > 0)) return cmd.Usage("give exactly one of --concurrency and --rate");
+  if (flags->Has("duration") && flags->Has("requests")) return cmd.Usage("give at most one of --duration and --requests");
+  DType dtype = DType::kF32;
+  if (auto d = flags->Get("dtype")) {
+    auto parsed = ParseFloatDType(*d);
+    if (!parsed) return cmd.Usage(absl::StrCat("--dtype must be f32, f16 or bf16; got '", *d, "'"));
+    dtype = *parsed;
+  }
+  const std::string target = flags->Get("target").value_or("127.0.0.1:50051");
+  const bool json = flags->Has("json");
+  const bool until_stable = flags->Has("until-stable");
+  if (channels == 0) channels = std::clamp<int64_t>(concurrency / 16, 1, 8);
+
+  auto client = Client::Connect(target);
+  auto info = client->GetLayer(*layer);
+  if (!info.ok()) return cmd.FailRpc(info.status());
+  const int64_t k = info->in_features();
+
+  // A few distinct random inputs, built once and reused.
+  std::vector<v1::ForwardRequest> inputs(8);
+  std::mt19937_64 rng(1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (v1::ForwardRequest& r : inputs) {
+    r.set_layer(*layer);
+    r.mutable_input()->set_dtype(ToProto(dtype));
+    r.mutable_input()->add_shape(rows);
+    r.mutable_input()->add_shape(k);
+    std::string data(static_cast<size_t>(rows * k) * DTypeSize(dtype), '\0');
+    for (size_t i = 0; i < static_cast<size_t>(rows * k); ++i) StoreFloat(dtype, data.data(), i, normal(rng));
+    r.mutable_input()->set_data(std::move(data));
+  }
+  std::vector<std::unique_ptr<v1::Data::Stub>> stubs;
+  for (int64_t c = 0; c < channels; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt("qlinear.bench.channel", static_cast<int>(c));  // distinct connections
+    args.SetMaxReceiveMessageSize(256 << 20);
+    args.SetMaxSendMessageSize(256 << 20);
+    stubs.push_back(v1::Data::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+  }
+
+  Recorder rec;
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t in_flight = 0;
+  std::atomic<bool> stop_issuing{false};
+  std::atomic<uint64_t> issued{0};
+  const Clock::time_point begin = Clock::now();
+
+  // Issue one call; `started` is when it was due (open loop) or sent.
+  std::function<void(Clock::time_point)> issue;
+  issue = [&](Clock::time_point started) {
+    const uint64_t n = issued.fetch_add(1);
+    auto call = std::make_shared<Call>();
+    call->started = started;
+    call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++in_flight;
+    }
+    stubs[n % stubs.size()]->async()->Forward(
+        &call->context, &inputs[n % inputs.size()], &call->response,
+        [&, call](grpc::Status status) {
+          rec.Record(call->started, Clock::now(), status, call->response);
+          bool again = concurrency > 0 && !stop_issuing.load();
+          if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests) + 0;
+          if (again) issue(Clock::now());
+          std::lock_guard<std::mutex> lock(mu);
+          --in_flight;
+          cv.notify_all();
+        });
+  };
+
+  const auto warmup_end = begin + std::chrono::seconds(warmup);
+  auto start_measuring = [&] {
+    std::lock_guard<std::mutex> lock(rec.mu);
+    rec.measuring = true;
+    rec.measure_start = Clock::now();
+  };
+  if (warmup == 0) start_measuring();
+
+  auto window_rates = [&]() {
+    std::lock_guard<std::mutex> lock(rec.mu);
+    std::vector<double> r;
+    for (const auto& w : rec.window_latency_ms) r.push_back(static_cast<double>(w.size()));
+    return r;
+  };
+  auto is_stable = [&](const std::vector<double>& r) {
+    // The last three complete windows agree within ±10 % of their mean.
+    if (r.size() < 4) return false;
+    const double a = r[r.size() - 4], b = r[r.size() - 3], c = r[r.size() - 2];
+    const double mean = (a + b + c) / 3;
+    return mean > 0 && std::abs(a - mean) <= 0.1 * mean && std::abs(b - mean) <= 0.1 * mean &&
+           std::abs(c - mean) <= 0.1 * mean;
+  };
+
+  std::thread arrivals;
+  if (concurrency > 0) {
+    for (int64_t c = 0; c < concurrency; ++c) issue(Clock::now());
+  } else {
+    arrivals = std::thread([&] {
+      std::exponential_distribution<double> gap(static_cast<double>(rate));
+      std::mt19937_64 arng(7);
+      Clock::time_point next = Clock::now();
+      while (!stop_issuing.load()) {
+        if (requests > 0 && issued.load() >= static_cast<uint64_t>(requests)) break;
+        std::this_thread::sleep_until(next);
+        issue(next);  // latency counts from the scheduled time
+        next += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(arng)));
+      }
+    });
+  }
+
+  const bool tty = !json && isatty(STDERR_FILENO);
+  const int64_t max_seconds = until_stable ? 3 * duration : duration;
+  int64_t seconds = 0;
+  bool stable = false;
+  while (true) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const auto now = Clock::now();
+    bool measuring;
+    {
+      std::lock_guard<std::mutex> lock(rec.mu);
+      measuring = rec.measuring;
+    }
+    if (!measuring && now >= warmup_end) {
+      start_measuring();
+      continue;
+    }
+    if (!measuring) continue;
+    ++seconds;
+    const std::vector<double> rates = window_rates();
+    stable = is_stable(rates);
+    if (tty) {
+      std::lock_guard<std::mutex> lock(rec.mu);
+      const auto& w = rec.window_latency_ms;
+      const double p99 = w.empty() ? 0 : Percentile(w.size() > 1 ? w[w.size() - 2] : w.back(), 99);
+      uint64_t errors = 0;
+      for (const auto& [c, n] : rec.errors) errors += n;
+      std::fprintf(stderr, "\r%llds: %.0f req/s, p99 %.2f ms, %llu errors   ",
+                   static_cast<long long>(seconds), rates.size() > 1 ? rates[rates.size() - 2] : 0.0,
+                   p99, static_cast<unsigned long long>(errors));
+    }
+    const bool done_by_count = requests > 0 && issued.load() >= static_cast<uint64_t>(requests);
+    if (done_by_count) break;
+    if (requests == 0 && seconds >= duration && (!until_stable || stable || seconds >= max_seconds)) break;
+  }
+  {
+    std::lock_guard<std::mutex> lock(rec.mu);
+    rec.measure_end = Clock::now();
+    rec.measuring = false;
+  }
+  stop_issuing = true;
+  if (arrivals.joinable()) arrivals.join();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return in_flight == 0; });
+  }
+  if (tty) std::fprintf(stderr, "\r\033[K");
+
+  // Report the measured part.
+  const double secs = std::chrono::duration<double>(rec.measure_end - rec.measure_start).count();
+  std::vector<double> all;
+  for (const auto& w : rec.window_latency_ms) all.insert(all.end(), w.begin(), w.end());
+  const double ok = static_cast<double>(std::max<uint64_t>(rec.measured_ok, 1));
+  const double rps = static_cast<double>(rec.measured) / secs;
+  std::vector<std::string> errs;
+  for (const auto& [code, n] : rec.errors) errs.push_back(absl::StrFormat("\"%s\": %d", code, n));
+  stable = is_stable(window_rates()) || (rec.window_latency_ms.size() >= 3 && [&] {
+             // A run that ended exactly on a window boundary: judge its last three.
+             std::vector<double> r = window_rates();
+             r.push_back(0);
+             return is_stable(r);
+           }());
+  if (json) {
+    std::printf(
+        "{\"target\": \"%s\", \"layer\": \"%s\", \"rows_per_request\": %lld, \"dtype\": \"%s\", "
+        "\"mode\": \"%s\", \"concurrency\": %lld, \"rate\": %lld, \"requests\": %llu, "
+        "\"rows\": %llu, \"seconds\": %.3f, \"requests_per_s\": %.2f, \"rows_per_s\": %.2f, "
+        "\"requests_total\": %llu, \"latency_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f, "
+        "\"p999\": %.4f, \"max\": %.4f}, \"errors\": {%s}, \"server\": {\"queue_us_mean\": %.2f, "
+        "\"compute_us_mean\": %.2f, \"batch_rows_mean\": %.3f}, \"stable\": %s}\n",
+        target.c_str(), layer->c_str(), static_cast<long long>(rows),
+        std::string(ShortDTypeName(dtype)).c_str(), concurrency > 0 ? "closed" : "open",
+        static_cast<long long>(concurrency), static_cast<long long>(rate),
+        static_cast<unsigned long long>(rec.measured),
+        static_cast<unsigned long long>(rec.measured * static_cast<uint64_t>(rows)), secs, rps,
+        rps * static_cast<double>(rows), static_cast<unsigned long long>(rec.requests_total),
+        Percentile(all, 50), Percentile(all, 90), Percentile(all, 99), Percentile(all, 99.9),
+        Percentile(all, 100), absl::StrJoin(errs, ", ").c_str(), rec.queue_us / ok,
+        rec.compute_us / ok, rec.batch_rows / ok, stable ? "true" : "false");
+  } else {
+    std::printf("%s %s: %s, %lld row(s) of %s per request, %.1f s measured after %llds warmup\n",
+                target.c_str(), layer->c_str(),
+                concurrency > 0 ? absl::StrCat("closed loop, concurrency ", concurrency).c_str()
+                                : absl::StrCat("open loop, ", rate, " req/s offered").c_str(),
+                static_cast<long long>(rows), std::string(ShortDTypeName(dtype)).c_str(), secs,
+                static_cast<long long>(warmup));
+    std::printf("  %.1f req/s, %.1f rows/s (%llu requests; %llu in total with warmup)\n", rps,
+                rps * static_cast<double>(rows), static_cast<unsigned long long>(rec.measured),
+                static_cast<unsigned long long>(rec.requests_total));
+    std::printf("  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
+                Percentile(all, 50), Percentile(all, 90), Percentile(all, 99),
+                Percentile(all, 99.9), Percentile(all, 100));
+    std::printf("  server: queue %.0f us, compute %.0f us, %.2f rows per batch (means)\n",
+                rec.queue_us / ok, rec.compute_us / ok, rec.batch_rows / ok);
+    std::printf("  errors: %s; stable: %s\n", errs.empty() ? "none" : absl::StrJoin(errs, ", ").c_str(),
+                stable ? "yes" : "no");
+  }
+  return 0;
+}
+
+}  // namespace qlinear
