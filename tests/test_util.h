@@ -9,10 +9,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/client.h"
+
 namespace qlinear {
 
-// A port that was free a moment ago (bind to 0, read it, close): for
-// servers started as separate processes.
+// A port that was free a moment ago (bind to 0, read it, close).
 inline int FreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -29,15 +35,60 @@ inline int FreePort() {
   return port;
 }
 
-// Kills a forked server if a test ends early, so no process outlives it.
-struct ChildGuard {
-  pid_t pid = -1;
-  ~ChildGuard() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
+// ServerProcess runs `binary --listen 127.0.0.1:<free port> <args>` in a
+// child process and kills it if the test ends early, so that no server
+// outlives its test.
+class ServerProcess {
+ public:
+  ServerProcess(const char* binary, const std::vector<std::string>& args)
+      : target_("127.0.0.1:" + std::to_string(FreePort())) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<std::string> all = {binary, "--listen", target_};
+      all.insert(all.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (std::string& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary, argv.data());
+      _exit(127);
     }
   }
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  const std::string& target() const { return target_; }
+  bool started() const { return pid_ > 0; }
+
+  // WaitServing polls health (at most 30 s: the demo layer takes a moment
+  // to build) until the server reports SERVING.
+  bool WaitServing() const {
+    auto client = Client::Connect(target_);
+    for (int i = 0; i < 600; ++i) {
+      auto status = client->Health();
+      if (status.ok() && *status == grpc::health::v1::HealthCheckResponse::SERVING) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  // Stop sends `sig`, waits, and returns the exit status (-1 if killed).
+  int Stop(int sig) {
+    kill(pid_, sig);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::string target_;
 };
 
 }  // namespace qlinear

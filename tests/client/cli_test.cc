@@ -294,24 +294,11 @@ TEST_F(CliTest, DemoPrintsAnErrorReport) {
 
 // The server commands against a real qlinear-server process.
 TEST_F(CliTest, ServerCommandsEndToEnd) {
-  const int port = FreePort();
-  ASSERT_GT(port, 0);
-  const std::string target = "127.0.0.1:" + std::to_string(port);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execl(QLINEAR_SERVER_BINARY, QLINEAR_SERVER_BINARY, "--listen", target.c_str(), "--threads",
-          "2", nullptr);
-    _exit(127);
-  }
-  ChildGuard guard{pid};
-  const std::string t = " --target " + target;
-  RunResult r;
-  for (int i = 0; i < 600; ++i) {  // the demo layer takes a moment to build
-    r = Run("health" + t);
-    if (r.exit_code == 0) break;
-    usleep(50000);
-  }
+  ServerProcess server(QLINEAR_SERVER_BINARY, {"--threads", "2"});
+  ASSERT_TRUE(server.started());
+  ASSERT_TRUE(server.WaitServing());
+  const std::string t = " --target " + server.target();
+  RunResult r = Run("health" + t);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("SERVING"));
 
@@ -371,11 +358,7 @@ TEST_F(CliTest, ServerCommandsEndToEnd) {
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
   EXPECT_EQ(Run("forward" + t + " --layer demo").exit_code, 2);
 
-  kill(pid, SIGTERM);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  guard.pid = -1;
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(server.Stop(SIGTERM), 0);
   r = Run("health" + t + " --timeout-s 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("unreachable"));
@@ -384,24 +367,11 @@ TEST_F(CliTest, ServerCommandsEndToEnd) {
 // qlinear bench against a real server: the JSON report has every field, and
 // requests_total equals the change in the server's request count.
 TEST_F(CliTest, BenchReportMatchesServerStats) {
-  const int port = FreePort();
-  ASSERT_GT(port, 0);
-  const std::string target = "127.0.0.1:" + std::to_string(port);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execl(QLINEAR_SERVER_BINARY, QLINEAR_SERVER_BINARY, "--listen", target.c_str(), "--threads",
-          "2", nullptr);
-    _exit(127);
-  }
-  ChildGuard guard{pid};
+  ServerProcess server(QLINEAR_SERVER_BINARY, {"--threads", "2"});
+  ASSERT_TRUE(server.started());
+  ASSERT_TRUE(server.WaitServing());
+  const std::string target = server.target();
   auto client = Client::Connect(target);
-  bool up = false;
-  for (int i = 0; i < 600 && !up; ++i) {
-    up = client->Health().ok() && *client->Health() == grpc::health::v1::HealthCheckResponse::SERVING;
-    if (!up) usleep(50000);
-  }
-  ASSERT_TRUE(up);
   auto count = [&] {
     auto stats = client->Stats("demo");
     EXPECT_TRUE(stats.ok());

@@ -98,6 +98,19 @@ class ServerTest : public ::testing::Test {
     return r;
   }
 
+  // CodeCount polls Stats (bounded, 2 s) until `layer` has answered `code`
+  // at least once, and returns that count.
+  uint64_t CodeCount(const std::string& layer, const std::string& code) {
+    for (int i = 0; i < 200; ++i) {
+      auto stats = client_->Stats(layer);
+      if (stats.ok() && stats->layers(0).requests_by_code().count(code)) {
+        return stats->layers(0).requests_by_code().at(code);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return 0;
+  }
+
   std::unique_ptr<QlinearServer> server_;
   std::unique_ptr<Client> client_;
 };
@@ -389,16 +402,8 @@ TEST_F(ServerTest, DeadlineExpiresInTheQueue) {
   auto impatient = Client::Connect(server_->address(), fast);
   EXPECT_EQ(impatient->Forward(ForwardF32("l", x, 1, 128)).status().code(),
             absl::StatusCode::kDeadlineExceeded);
-  // The batch forms after the 300 ms delay; poll Stats (bounded) until then.
-  uint64_t dropped = 0;
-  for (int i = 0; i < 200 && dropped == 0; ++i) {
-    auto stats = client_->Stats("l");
-    ASSERT_TRUE(stats.ok());
-    const auto& codes = stats->layers(0).requests_by_code();
-    if (codes.count("DEADLINE_EXCEEDED")) dropped = codes.at("DEADLINE_EXCEEDED");
-    if (dropped == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(dropped, 1u);
+  // The batch forms after the 300 ms delay.
+  EXPECT_EQ(CodeCount("l", "DEADLINE_EXCEEDED"), 1u);
   auto stats = client_->Stats("l");
   EXPECT_EQ(stats->layers(0).requests_by_code().count("OK"), 0u);
   EXPECT_EQ(stats->layers(0).batches(), 0u);  // dropped without compute
@@ -423,15 +428,7 @@ TEST_F(ServerTest, CancellationWhileQueued) {
   context.TryCancel();
   caller.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
-  uint64_t cancelled = 0;
-  for (int i = 0; i < 200 && cancelled == 0; ++i) {
-    auto stats = client_->Stats("l");
-    ASSERT_TRUE(stats.ok());
-    const auto& codes = stats->layers(0).requests_by_code();
-    if (codes.count("CANCELLED")) cancelled = codes.at("CANCELLED");
-    if (cancelled == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(cancelled, 1u);
+  EXPECT_EQ(CodeCount("l", "CANCELLED"), 1u);
   EXPECT_EQ(client_->Stats("l")->layers(0).batches(), 0u);
 }
 
@@ -454,29 +451,17 @@ TEST_F(ServerTest, LargeLayersAndInputsStream) {
 // The real binary: SIGTERM with requests in flight loses none of them.
 TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
   for (bool in_time : {true, false}) {
-    const int port = FreePort();
-    ASSERT_GT(port, 0);
-    const std::string addr = "127.0.0.1:" + std::to_string(port);
-    const pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      execl(QLINEAR_SERVER_BINARY, QLINEAR_SERVER_BINARY, "--listen", addr.c_str(), "--threads", "2",
-            "--max-batch-rows", "8", "--drain-timeout-s", in_time ? "60" : "0", nullptr);
-      _exit(127);
-    }
-    ChildGuard guard{pid};
-    auto client = Client::Connect(addr);
-    bool up = false;
-    for (int i = 0; i < 600 && !up; ++i) {  // the demo layer takes a moment to build
-      up = client->Health().ok();
-      if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ASSERT_TRUE(up);
+    ServerProcess server(QLINEAR_SERVER_BINARY, {"--threads", "2", "--max-batch-rows", "8",
+                                                 "--drain-timeout-s", in_time ? "60" : "0"});
+    ASSERT_TRUE(server.started());
+    ASSERT_TRUE(server.WaitServing());
+    auto client = Client::Connect(server.target());
     std::mt19937_64 rng(1);
     std::normal_distribution<float> normal;
     std::vector<float> x(64 * 4096);
     for (float& v : x) v = normal(rng);
     std::atomic<int> ok{0}, unavailable{0}, other{0}, sent{0};
+    int exit_status = -1;
     std::vector<std::thread> threads;
     for (int c = 0; c < 16; ++c) {
       threads.emplace_back([&] {
@@ -495,19 +480,17 @@ TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
     }
     while (sent < 16) std::this_thread::yield();
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // let them be accepted
-    kill(pid, SIGTERM);
+    std::thread stopper([&] { exit_status = server.Stop(SIGTERM); });
     for (auto& t : threads) t.join();
-    int status = 0;
-    waitpid(pid, &status, 0);
-    guard.pid = -1;
-    ASSERT_TRUE(WIFEXITED(status));
+    stopper.join();
+    ASSERT_GE(exit_status, 0);
     EXPECT_EQ(other.load(), 0);
     EXPECT_EQ(ok + unavailable, 16);
     if (in_time) {
-      EXPECT_EQ(WEXITSTATUS(status), 0);
+      EXPECT_EQ(exit_status, 0);
       EXPECT_EQ(ok.load(), 16);
     } else {
-      EXPECT_EQ(WEXITSTATUS(status), 1);
+      EXPECT_EQ(exit_status, 1);
       EXPECT_GT(unavailable.load(), 0);
     }
   }
