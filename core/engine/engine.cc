@@ -1,6 +1,7 @@
 #include "core/engine/engine.h"
 
 #include <algorithm>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -162,9 +163,14 @@ void Engine::Impl::Run() {
       int64_t row = 0;
       for (const Slice& s : batch) {
         const ForwardRequest& req = s.task->request;
-        for (int64_t i = 0; i < s.rows * k; ++i) {
-          x_batch[static_cast<size_t>(row * k + i)] =
-              LoadFloat(req.x_dtype, req.x, static_cast<size_t>(s.row0 * k + i));
+        float* dst = x_batch.data() + row * k;
+        if (req.x_dtype == DType::kF32) {
+          std::memcpy(dst, static_cast<const float*>(req.x) + s.row0 * k,
+                      static_cast<size_t>(s.rows * k) * 4);
+        } else {
+          for (int64_t i = 0; i < s.rows * k; ++i) {
+            dst[i] = LoadFloat(req.x_dtype, req.x, static_cast<size_t>(s.row0 * k + i));
+          }
         }
         row += s.rows;
       }
@@ -184,9 +190,14 @@ void Engine::Impl::Run() {
           r.n = n;
           r.y.resize(static_cast<size_t>(s.task->request.rows * n) * DTypeSize(yd));
         }
-        for (int64_t i = 0; i < s.rows * n; ++i) {
-          StoreFloat(yd, r.y.data(), static_cast<size_t>(s.row0 * n + i),
-                     y_batch[static_cast<size_t>(row * n + i)]);
+        const float* src = y_batch.data() + row * n;
+        if (yd == DType::kF32) {
+          std::memcpy(r.y.data() + static_cast<size_t>(s.row0 * n) * 4, src,
+                      static_cast<size_t>(s.rows * n) * 4);
+        } else {
+          for (int64_t i = 0; i < s.rows * n; ++i) {
+            StoreFloat(yd, r.y.data(), static_cast<size_t>(s.row0 * n + i), src[i]);
+          }
         }
         row += s.rows;
         r.compute_us += compute_us;
