@@ -155,6 +155,9 @@ int RunBench(int argc, char** argv) {
   std::condition_variable cv;
   int64_t in_flight = 0;
   std::atomic<bool> stop_issuing{false};
+  // Finished calls are destroyed later by the main thread, never inside
+  // their own completion callback (gRPC still holds the call then).
+  std::vector<std::shared_ptr<Call>> graveyard;
   std::atomic<uint64_t> issued{0};
   const Clock::time_point begin = Clock::now();
 
@@ -171,8 +174,12 @@ int RunBench(int argc, char** argv) {
     }
     stubs[n % stubs.size()]->async()->Forward(
         &call->context, &inputs[n % inputs.size()], &call->response,
-        [&, call](grpc::Status status) {
+        [&, call](grpc::Status status) mutable {
           rec.Record(call->started, Clock::now(), status, call->response);
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            graveyard.push_back(std::move(call));
+          }
           bool again = concurrency > 0 && !stop_issuing.load();
           if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests) + 0;
           if (again) issue(Clock::now());
@@ -226,8 +233,16 @@ int RunBench(int argc, char** argv) {
   const int64_t max_seconds = until_stable ? 3 * duration : duration;
   int64_t seconds = 0;
   bool stable = false;
+  // Calls are destroyed one full cycle (>= 1 s) after they finished.
+  std::vector<std::shared_ptr<Call>> dying;
+  auto bury = [&] {
+    dying.clear();
+    std::lock_guard<std::mutex> lock(mu);
+    dying.swap(graveyard);
+  };
   while (true) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
+    bury();
     const auto now = Clock::now();
     bool measuring;
     {
@@ -267,6 +282,9 @@ int RunBench(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return in_flight == 0; });
   }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let gRPC finish the last calls
+  bury();
+  dying.clear();
   if (tty) std::fprintf(stderr, "\r\033[K");
 
   // Report the measured part.
