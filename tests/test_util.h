@@ -1,94 +1,68 @@
-// Helpers for tests that start servers as separate processes.
+// Helpers shared by the test suites (core only: no gRPC).
 #ifndef QLINEAR_TESTS_TEST_UTIL_H_
 #define QLINEAR_TESTS_TEST_UTIL_H_
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include <stdlib.h>
 
-#include <chrono>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "client/client.h"
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace qlinear {
 
-// A port that was free a moment ago (bind to 0, read it, close).
-inline int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (fd >= 0) close(fd);
-  return port;
+// GoldenDir is ../shared/golden, or $QLINEAR_GOLDEN_DIR when set.
+inline std::string GoldenDir() {
+  const char* env = std::getenv("QLINEAR_GOLDEN_DIR");
+  return env != nullptr ? env : QLINEAR_GOLDEN_DIR;
 }
 
-// ServerProcess runs `binary --listen 127.0.0.1:<free port> <args>` in a
-// child process and kills it if the test ends early, so that no server
-// outlives its test.
-class ServerProcess {
+inline double MaxAbs(const std::vector<float>& v) {
+  double m = 0;
+  for (float f : v) m = std::max(m, static_cast<double>(std::abs(f)));
+  return m;
+}
+
+// NormalisedError is max|got - want| / max|want| (per-element relative
+// error is meaningless on outputs near zero); an all-zero reference must be
+// matched exactly, so then it is the absolute error.
+inline double NormalisedError(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
+  }
+  const double scale = MaxAbs(want);
+  return scale > 0 ? err / scale : err;
+}
+
+// ScopedTempDir is a fresh folder under TempDir(), removed with its contents.
+class ScopedTempDir {
  public:
-  ServerProcess(const char* binary, const std::vector<std::string>& args)
-      : target_("127.0.0.1:" + std::to_string(FreePort())) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<std::string> all = {binary, "--listen", target_};
-      all.insert(all.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (std::string& a : all) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(binary, argv.data());
-      _exit(127);
-    }
+  explicit ScopedTempDir(absl::string_view prefix) {
+    std::string tmpl = absl::StrCat(::testing::TempDir(), prefix, ".XXXXXX");
+    char* made = mkdtemp(tmpl.data());
+    EXPECT_NE(made, nullptr) << "mkdtemp failed for " << tmpl;
+    path_ = tmpl;
   }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
+  ~ScopedTempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
   }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
 
-  const std::string& target() const { return target_; }
-  bool started() const { return pid_ > 0; }
-
-  // WaitServing polls health (at most 30 s: the demo layer takes a moment
-  // to build) until the server reports SERVING.
-  bool WaitServing() const {
-    auto client = Client::Connect(target_);
-    for (int i = 0; i < 600; ++i) {
-      auto status = client->Health();
-      if (status.ok() && *status == grpc::health::v1::HealthCheckResponse::SERVING) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
-  // Stop sends `sig`, waits, and returns the exit status (-1 if killed).
-  int Stop(int sig) {
-    kill(pid_, sig);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
+  const std::string& path() const { return path_; }
+  std::string File(absl::string_view name) const { return absl::StrCat(path_, "/", name); }
 
  private:
-  pid_t pid_ = -1;
-  std::string target_;
+  std::string path_;
 };
 
 }  // namespace qlinear

@@ -24,7 +24,7 @@
 #include "core/mlx_file.h"
 #include "core/quantize.h"
 #include "core/safetensors.h"
-#include "tests/test_util.h"
+#include "tests/server_process.h"
 
 namespace qlinear {
 namespace {

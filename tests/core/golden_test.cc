@@ -19,14 +19,10 @@
 #include "core/quantize.h"
 #include "core/reference.h"
 #include "core/safetensors.h"
+#include "tests/test_util.h"
 
 namespace qlinear {
 namespace {
-
-std::string GoldenDir() {
-  const char* env = std::getenv("QLINEAR_GOLDEN_DIR");
-  return env != nullptr ? env : QLINEAR_GOLDEN_DIR;
-}
 
 std::vector<std::string> GoldenFiles() {
   std::vector<std::string> names;
@@ -144,22 +140,6 @@ TEST_P(GoldenFileTest, DequantizeIsBitExact) {
     }
   }
   EXPECT_EQ(mismatches, 0u);
-}
-
-double MaxAbs(const std::vector<float>& v) {
-  double m = 0;
-  for (float f : v) m = std::max(m, static_cast<double>(std::abs(f)));
-  return m;
-}
-
-double NormalisedError(const std::vector<float>& got, const std::vector<float>& want) {
-  double err = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
-  }
-  // An all-zero reference (zero weights) must be matched exactly.
-  const double scale = MaxAbs(want);
-  return scale > 0 ? err / scale : err;
 }
 
 bool AnyNaN(const std::vector<float>& v) {

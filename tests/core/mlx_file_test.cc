@@ -24,6 +24,7 @@
 #include "core/quant_params.h"
 #include "core/quantize.h"
 #include "core/safetensors.h"
+#include "tests/test_util.h"
 
 namespace qlinear {
 namespace {
@@ -44,26 +45,6 @@ const QuantParams kAffine8 = {QuantMode::kAffine, 8, 32};
 const QuantParams kAffine2 = {QuantMode::kAffine, 2, 128};
 const QuantParams kMxfp4 = {QuantMode::kMxfp4, 4, 32};
 
-// ScopedTempDir is a fresh folder under TempDir(), removed with its contents.
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    std::string tmpl = ::testing::TempDir() + "mlx_file_test.XXXXXX";
-    char* made = mkdtemp(tmpl.data());
-    EXPECT_NE(made, nullptr) << "mkdtemp failed for " << tmpl;
-    path_ = tmpl;
-  }
-  ~ScopedTempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  std::string File(absl::string_view name) const {
-    return absl::StrCat(path_, "/", name);
-  }
-
- private:
-  std::string path_;
-};
 
 void WriteText(const std::string& path, absl::string_view text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -263,7 +244,7 @@ class MlxFileTest : public ::testing::Test {
     return ResolveLayerParams(**file, layer, *sources);
   }
 
-  ScopedTempDir dir_;
+  ScopedTempDir dir_{"mlx_file_test"};
   std::vector<float> weights_;
   QuantizedMatrix affine_;
   QuantizedMatrix mxfp4_;

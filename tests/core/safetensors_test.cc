@@ -22,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/dtype.h"
+#include "tests/test_util.h"
 
 namespace qlinear {
 namespace {
@@ -30,27 +31,6 @@ using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// ScopedTempDir is a fresh folder under TempDir(), removed with its contents.
-class ScopedTempDir {
- public:
-  ScopedTempDir() {
-    std::string tmpl = ::testing::TempDir() + "safetensors_test.XXXXXX";
-    char* made = mkdtemp(tmpl.data());
-    EXPECT_NE(made, nullptr) << "mkdtemp failed for " << tmpl;
-    path_ = tmpl;
-  }
-  ~ScopedTempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(absl::string_view name) const {
-    return absl::StrCat(path_, "/", name);
-  }
-
- private:
-  std::string path_;
-};
 
 // MakeFile builds a safetensors file by hand: 8-byte little-endian header
 // length, the header text, then the data section.
@@ -153,7 +133,7 @@ struct Fixture {
 };
 
 TEST(SafetensorsTest, RoundTrip) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("model.safetensors");
   Fixture fx;
   const std::vector<TensorToWrite> tensors = fx.Tensors();
@@ -212,7 +192,7 @@ TEST(SafetensorsTest, RoundTrip) {
 }
 
 TEST(SafetensorsTest, NoMetadataAndNoTensors) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("empty.safetensors");
   ASSERT_TRUE(WriteSafetensors(path, {}, {}).ok());
   auto file = SafetensorsFile::Open(path);
@@ -480,7 +460,7 @@ TEST(SafetensorsMalformedTest, OffsetsEndBeforeBegin) {
 }
 
 TEST(SafetensorsMalformedTest, OpenRejectsMalformedFileOnDisk) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("bad.safetensors");
   WriteBytes(path, MakeFile(absl::StrCat("{", F32Entry("w", 3, 0), "}"),
                             std::string(4, '\0')));
@@ -510,7 +490,7 @@ TEST(SafetensorsMalformedTest, OpenRejectsMalformedFileOnDisk) {
 }
 
 TEST(SafetensorsTest, OpenMissingFileIsNotFound) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("does-not-exist.safetensors");
   auto file = SafetensorsFile::Open(path);
   ASSERT_FALSE(file.ok());
@@ -519,7 +499,7 @@ TEST(SafetensorsTest, OpenMissingFileIsNotFound) {
 }
 
 TEST(SafetensorsTest, OpenDirectoryIsInvalidArgument) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   auto file = SafetensorsFile::Open(dir.path());
   ASSERT_FALSE(file.ok());
   EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
@@ -532,7 +512,7 @@ TEST(SafetensorsTest, OpenDirectoryIsInvalidArgument) {
 
 void ExpectWriteRejected(const std::vector<TensorToWrite>& tensors,
                          absl::string_view fault) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("out.safetensors");
   absl::Status status = WriteSafetensors(path, tensors, {});
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
@@ -564,7 +544,7 @@ TEST(WriteSafetensorsTest, RejectsReservedAndEmptyNames) {
 }
 
 TEST(WriteSafetensorsTest, ReplacesExistingFile) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("model.safetensors");
   const std::vector<float> a = {1, 2};
   const std::vector<uint8_t> b = {9, 8, 7};
@@ -585,7 +565,7 @@ TEST(WriteSafetensorsTest, ReplacesExistingFile) {
 }
 
 TEST(WriteSafetensorsTest, AfterChunkSeesProgress) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("model.safetensors");
   const std::vector<uint8_t> big((5 << 20) / 2, 0x5A);  // 2.5 MiB
   std::vector<size_t> progress;
@@ -601,7 +581,7 @@ TEST(WriteSafetensorsTest, AfterChunkSeesProgress) {
 }
 
 TEST(WriteSafetensorsTest, InterruptedWriteKeepsPreviousFile) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::string path = dir.File("model.safetensors");
   const std::vector<float> a = {1.0f, 2.0f, 3.0f, 4.0f};
   const std::vector<uint16_t> a2 = {7, 8};
@@ -656,7 +636,7 @@ TEST(WriteSafetensorsTest, InterruptedWriteKeepsPreviousFile) {
 }
 
 TEST(WriteSafetensorsTest, FailedWriteCreatesNothing) {
-  ScopedTempDir dir;
+  ScopedTempDir dir("safetensors_test");
   const std::vector<float> v = {1, 2};
   const std::string missing_dir = dir.File("no/such/dir/model.safetensors");
   absl::Status status =

@@ -29,17 +29,13 @@
 #include "core/quantize.h"
 #include "core/safetensors.h"
 #include "server/server.h"
+#include "tests/server_process.h"
 #include "tests/test_util.h"
 
 namespace qlinear {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string GoldenDir() {
-  const char* env = std::getenv("QLINEAR_GOLDEN_DIR");
-  return env != nullptr ? env : QLINEAR_GOLDEN_DIR;
-}
 
 template <typename T>
 absl::Span<const uint8_t> Span(const std::vector<T>& v) {
@@ -114,19 +110,6 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<QlinearServer> server_;
   std::unique_ptr<Client> client_;
 };
-
-double MaxAbs(const std::vector<float>& v) {
-  double m = 0;
-  for (float f : v) m = std::max(m, static_cast<double>(std::abs(f)));
-  return m;
-}
-
-double NormErr(const std::vector<float>& got, const std::vector<float>& want) {
-  double e = 0;
-  for (size_t i = 0; i < got.size(); ++i) e = std::max(e, std::abs(static_cast<double>(got[i]) - want[i]));
-  const double s = MaxAbs(want);
-  return s > 0 ? e / s : e;
-}
 
 std::vector<float> Floats(const SafetensorsFile& f, const std::string& name) {
   const TensorInfo* t = f.Find(name);
@@ -214,9 +197,9 @@ TEST_F(ServerTest, GoldenFilesThroughQuantizeAndLoadQuantized) {
         ASSERT_TRUE(std::isfinite(y.back())) << layer;
       }
       if (yd == DType::kF32) {
-        EXPECT_LE(NormErr(y, mlx_y), 1e-5) << layer;
+        EXPECT_LE(NormalisedError(y, mlx_y), 1e-5) << layer;
       } else if (!absl::StartsWith(name, "edge_f16range")) {
-        EXPECT_LE(NormErr(y, exact), NormErr(mlx_y, exact)) << layer;
+        EXPECT_LE(NormalisedError(y, exact), NormalisedError(mlx_y, exact)) << layer;
       }
       ++requests;
       rows += m;
