@@ -32,28 +32,6 @@ std::set<std::string> With(std::set<std::string> a, const std::set<std::string>&
   return a;
 }
 
-// ParamOverrides reads --mode/--bits/--group-size; INVALID_ARGUMENT on junk.
-absl::StatusOr<PartialQuantParams> ParamOverrides(const Flags& flags) {
-  PartialQuantParams p;
-  if (auto mode = flags.Get("mode")) {
-    auto parsed = ParseQuantMode(*mode);
-    if (!parsed.ok()) return parsed.status();
-    p.mode = *parsed;
-  }
-  for (const char* name : {"bits", "group-size"}) {
-    auto value = flags.GetInt(name);
-    if (!value.ok()) return value.status();
-    if (!*value) continue;
-    // Range-checked before narrowing; the exact combination is validated later.
-    if (**value < 1 || **value > 1024) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--", name, " must be a small positive integer; got ", **value));
-    }
-    (std::string(name) == "bits" ? p.bits : p.group_size) = static_cast<int>(**value);
-  }
-  return p;
-}
-
 TensorToWrite CopyOf(const SafetensorsFile& file, const TensorInfo& t) {
   return {t.name, t.dtype, t.shape, file.Data(t)};
 }
@@ -74,10 +52,9 @@ int RunQuantize(int argc, char** argv) {
   const auto in = flags->Get("in");
   const auto out = flags->Get("out");
   if (!in || !out) return cmd.Usage("--in and --out are required");
-  auto overrides = ParamOverrides(*flags);
+  auto overrides = ParseQuantFlags(*flags);
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
-  auto params = MakeQuantParams(overrides->mode.value_or(QuantMode::kAffine),
-                                overrides->bits, overrides->group_size);
+  auto params = MakeQuantParams(*overrides);
   if (!params.ok()) return cmd.Usage(params.status().message());
 
   auto file = SafetensorsFile::Open(*in);
@@ -159,7 +136,7 @@ int RunDequantize(int argc, char** argv) {
   const auto in = flags->Get("in");
   const auto out = flags->Get("out");
   if (!in || !out) return cmd.Usage("--in and --out are required");
-  auto overrides = ParamOverrides(*flags);
+  auto overrides = ParseQuantFlags(*flags);
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
   std::optional<DType> out_dtype;
   if (auto d = flags->Get("dtype")) {
@@ -213,7 +190,7 @@ int RunInspect(int argc, char** argv) {
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   if (flags->positional().size() != 1) return cmd.Usage("expected exactly one FILE");
   const std::string path = flags->positional()[0];
-  auto overrides = ParamOverrides(*flags);
+  auto overrides = ParseQuantFlags(*flags);
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
   auto file = SafetensorsFile::Open(path);
   if (!file.ok()) return cmd.Fail(file.status());
@@ -262,10 +239,9 @@ int RunDemo(int argc, char** argv) {
   if (!flags->positional().empty()) {
     return cmd.Usage(absl::StrCat("unexpected argument '", flags->positional()[0], "'"));
   }
-  auto overrides = ParamOverrides(*flags);
+  auto overrides = ParseQuantFlags(*flags);
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
-  auto params = MakeQuantParams(overrides->mode.value_or(QuantMode::kAffine),
-                                overrides->bits, overrides->group_size);
+  auto params = MakeQuantParams(*overrides);
   if (!params.ok()) return cmd.Usage(params.status().message());
   auto n = flags->GetInt("n");
   auto k = flags->GetInt("k");

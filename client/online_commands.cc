@@ -75,26 +75,15 @@ int RunUpload(int argc, char** argv) {
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   const auto in = flags->Get("in");
   if (!in) return cmd.Usage("--in is required");
-  PartialQuantParams overrides;
-  if (auto m = flags->Get("mode")) {
-    auto parsed = ParseQuantMode(*m);
-    if (!parsed.ok()) return cmd.Usage(parsed.status().message());
-    overrides.mode = *parsed;
-  }
-  for (const char* name : {"bits", "group-size"}) {
-    auto v = flags->GetInt(name);
-    if (!v.ok()) return cmd.Usage(v.status().message());
-    if (*v && (**v < 1 || **v > 1024)) return cmd.Usage(absl::StrCat("--", name, " got ", **v));
-    if (*v) (std::string(name) == "bits" ? overrides.bits : overrides.group_size) = static_cast<int>(**v);
-  }
-  auto params = MakeQuantParams(overrides.mode.value_or(QuantMode::kAffine), overrides.bits,
-                                overrides.group_size);
+  auto overrides = ParseQuantFlags(*flags);
+  if (!overrides.ok()) return cmd.Usage(overrides.status().message());
+  auto params = MakeQuantParams(*overrides);
   if (!params.ok()) return cmd.Usage(params.status().message());
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
   auto file = SafetensorsFile::Open(*in);
   if (!file.ok()) return cmd.FailRpc(file.status());
-  auto sources = QuantizationSources::Load(*in, **file, overrides);
+  auto sources = QuantizationSources::Load(*in, **file, *overrides);
   if (!sources.ok()) return cmd.FailRpc(sources.status());
   const bool tty = isatty(STDERR_FILENO);
   auto progress = [&](const std::string& layer) -> Client::Progress {

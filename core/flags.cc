@@ -62,4 +62,25 @@ absl::StatusOr<std::optional<int64_t>> Flags::GetInt(const std::string& name) co
   return std::optional<int64_t>(out);
 }
 
+absl::StatusOr<PartialQuantParams> ParseQuantFlags(const Flags& flags) {
+  PartialQuantParams p;
+  if (auto mode = flags.Get("mode")) {
+    auto parsed = ParseQuantMode(*mode);
+    if (!parsed.ok()) return parsed.status();
+    p.mode = *parsed;
+  }
+  for (const char* name : {"bits", "group-size"}) {
+    auto value = flags.GetInt(name);
+    if (!value.ok()) return value.status();
+    if (!*value) continue;
+    // Range-checked before narrowing; the exact combination is validated later.
+    if (**value < 1 || **value > 1024) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", name, " must be a small positive integer; got ", **value));
+    }
+    (std::string(name) == "bits" ? p.bits : p.group_size) = static_cast<int>(**value);
+  }
+  return p;
+}
+
 }  // namespace qlinear

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/quant_params.h"
 
 namespace qlinear {
 
@@ -36,6 +37,12 @@ class Flags {
   std::map<std::string, std::string> values_;
   std::vector<std::string> positional_;
 };
+
+// ParseQuantFlags reads the optional --mode, --bits and --group-size flags
+// (declared as valued by the caller). INVALID_ARGUMENT for an unknown mode or
+// a non-integer or out-of-range number; the combination is validated by
+// MakeQuantParams or by resolution against a file.
+absl::StatusOr<PartialQuantParams> ParseQuantFlags(const Flags& flags);
 
 }  // namespace qlinear
 

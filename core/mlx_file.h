@@ -33,14 +33,6 @@
 
 namespace qlinear {
 
-// PartialQuantParams: any subset of mode, bits and group size.
-struct PartialQuantParams {
-  std::optional<QuantMode> mode;
-  std::optional<int> bits;
-  std::optional<int> group_size;
-  bool empty() const { return !mode && !bits && !group_size; }
-};
-
 // QuantizationConfig is mlx-lm's "quantization" object.
 struct QuantizationConfig {
   PartialQuantParams global;

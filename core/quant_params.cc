@@ -57,6 +57,11 @@ absl::StatusOr<QuantParams> MakeQuantParams(QuantMode mode,
   return params;
 }
 
+absl::StatusOr<QuantParams> MakeQuantParams(const PartialQuantParams& partial) {
+  return MakeQuantParams(partial.mode.value_or(QuantMode::kAffine), partial.bits,
+                         partial.group_size);
+}
+
 std::vector<QuantParams> AllQuantParams() {
   std::vector<QuantParams> all;
   for (int bits : {2, 3, 4, 5, 6, 8}) {

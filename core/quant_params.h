@@ -47,6 +47,15 @@ struct QuantParams {
   int64_t groups(int64_t k) const { return k / group_size; }
 };
 
+// PartialQuantParams: any subset of mode, bits and group size (CLI flags, a
+// config entry).
+struct PartialQuantParams {
+  std::optional<QuantMode> mode;
+  std::optional<int> bits;
+  std::optional<int> group_size;
+  bool empty() const { return !mode && !bits && !group_size; }
+};
+
 // DefaultQuantParams returns MLX's defaults for `mode` (affine 64/4, mxfp4 32/4,
 // mxfp8 32/8, nvfp4 16/4).
 QuantParams DefaultQuantParams(QuantMode mode);
@@ -56,6 +65,9 @@ QuantParams DefaultQuantParams(QuantMode mode);
 absl::StatusOr<QuantParams> MakeQuantParams(QuantMode mode,
                                             std::optional<int> bits,
                                             std::optional<int> group_size);
+
+// MakeQuantParams with a missing mode taken as affine.
+absl::StatusOr<QuantParams> MakeQuantParams(const PartialQuantParams& partial);
 
 // AllQuantParams lists every combination MLX accepts (18 affine + 3 fp).
 std::vector<QuantParams> AllQuantParams();

@@ -178,18 +178,9 @@ int Main(int argc, char** argv) {
   options.engine.max_memory_bytes = static_cast<uint64_t>(ints[4].value) << 20;
   options.max_message_mb = static_cast<int>(ints[5].value);
   const int64_t drain_timeout_s = ints[6].value;
-  QuantMode mode = QuantMode::kAffine;
-  if (auto m = flags->Get("mode")) {
-    auto parsed = ParseQuantMode(*m);
-    if (!parsed.ok()) return Usage(parsed.status().message());
-    mode = *parsed;
-  }
-  auto bits = flags->GetInt("bits");
-  auto gs = flags->GetInt("group-size");
-  if (!bits.ok() || !gs.ok()) return Usage(!bits.ok() ? bits.status().message() : gs.status().message());
-  auto params = MakeQuantParams(
-      mode, *bits ? std::optional<int>(static_cast<int>(std::clamp<int64_t>(**bits, -1, 1024))) : std::nullopt,
-      *gs ? std::optional<int>(static_cast<int>(std::clamp<int64_t>(**gs, -1, 1024))) : std::nullopt);
+  auto quant_flags = ParseQuantFlags(*flags);
+  if (!quant_flags.ok()) return Usage(quant_flags.status().message());
+  auto params = MakeQuantParams(*quant_flags);
   if (!params.ok()) return Usage(params.status().message());
 
   // Signals are taken synchronously by the main thread (sigwait), so every
