@@ -3,8 +3,9 @@
 //
 // Names: qmm/<mode>_b<bits>_g<gs>/<f32|f16|bf16>/N<N>_K<K>/M<M>[/cold], and
 // ref/... and sgemm/... carrying the name of the qmm case they stand beside.
-// Counters: GFLOPS (2·M·N·K per second) and weight_GBps (bytes of MLX packed
-// weights + scales + biases per second).
+// Counters: GFLOPS (2·M·N·K per second) and weight_GBps (bytes of weights +
+// scales + biases per second: as the kernel holds them for qmm/, as MLX
+// stores them for ref/ and sgemm/).
 //
 // The default run covers N=K=4096: every format with f32 x at M ∈ {1, 8, 32,
 // 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256} for every x dtype, the cold
@@ -102,7 +103,7 @@ void BM_Qmm(benchmark::State& state, QuantParams p, DType xd, int64_t n, int64_t
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  SetCounters(state, m, n, k, layers[0]->q.bytes());
+  SetCounters(state, m, n, k, layers[0]->packed.bytes());
   state.SetLabel(std::string(SimdTargetName(options.target)) + ", " +
                  std::to_string(Arena().max_concurrency()) + " threads");
 }
@@ -185,8 +186,8 @@ void RegisterAll(bool full_grid) {
   // Cold: enough distinct copies (> 64 MiB of packed weights) that every
   // call reads its weights from DRAM.
   for (auto [n, k] : shapes) {
-    const int copies = static_cast<int>(
-        (96ll << 20) / static_cast<int64_t>(n * k / 2 + n * k / 64 * 8) + 1);
+    const int copies =
+        static_cast<int>((96ll << 20) / static_cast<int64_t>(PackedMatrix::MaxBytes(b4, n, k)) + 1);
     for (int64_t m : {1, 8}) {
       benchmark::RegisterBenchmark(("qmm/" + CaseName(b4, DType::kF32, n, k, m) + "/cold").c_str(),
                                    BM_Qmm, b4, DType::kF32, n, k, m, copies)

@@ -26,22 +26,19 @@ Reservation& Reservation::operator=(Reservation&& o) noexcept {
   return *this;
 }
 
+void Reservation::ShrinkTo(uint64_t bytes) {
+  if (budget_ == nullptr || bytes >= bytes_) return;
+  budget_->Release(bytes_ - bytes);
+  bytes_ = bytes;
+}
+
 Reservation::~Reservation() {
   if (budget_ != nullptr) budget_->Release(bytes_);
 }
 
 uint64_t Layer::PackedBytes(const QuantParams& params, int64_t n, int64_t k,
                             bool has_bias) {
-  const int64_t tiles = (n + kernels::kTileN - 1) / kernels::kTileN;
-  const int lane_bits = params.mode == QuantMode::kMxfp8 ? 8
-                        : params.mode != QuantMode::kAffine ? 4
-                        : (params.bits == 2 || params.bits == 4) ? params.bits
-                                                                 : 8;
-  const uint64_t codes = static_cast<uint64_t>(tiles * kernels::kTileN) *
-                         static_cast<uint64_t>(k) * lane_bits / 8;
-  const uint64_t groups = static_cast<uint64_t>(tiles * kernels::kTileN * params.groups(k));
-  const uint64_t group_bytes = groups * 4 * (params.has_biases() ? 2 : 1);
-  return codes + group_bytes + (has_bias ? static_cast<uint64_t>(n) * 4 : 0);
+  return PackedMatrix::MaxBytes(params, n, k) + (has_bias ? static_cast<uint64_t>(n) * 4 : 0);
 }
 
 std::shared_ptr<const Layer> Layer::Create(std::string name, const QuantizedMatrix& q,
@@ -61,6 +58,7 @@ std::shared_ptr<const Layer> Layer::Create(std::string name, const QuantizedMatr
   info.has_bias = !layer->bias_.empty();
   info.version = version;
   info.bytes_held = layer->packed_.bytes() + layer->bias_.size() * 4;
+  layer->reservation_.ShrinkTo(info.bytes_held);
   info.error_report = report;
   return layer;
 }

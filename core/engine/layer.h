@@ -52,6 +52,8 @@ class Reservation {
   Reservation& operator=(const Reservation&) = delete;
   ~Reservation();
   uint64_t bytes() const { return budget_ ? bytes_ : 0; }
+  // ShrinkTo gives back all but `bytes` (no-op when already smaller).
+  void ShrinkTo(uint64_t bytes);
 
  private:
   MemoryBudget* budget_ = nullptr;  // borrowed; outlives every layer
@@ -72,13 +74,13 @@ class Layer {
     std::optional<ErrorReport> error_report;  // when quantized here
   };
 
-  // PackedBytes is what a layer of this shape will hold (for reserving
-  // before building it).
+  // PackedBytes is the most a layer of this shape can hold (for reserving
+  // before building it; Create shrinks the reservation to what it holds).
   static uint64_t PackedBytes(const QuantParams& params, int64_t n, int64_t k,
                               bool has_bias);
 
   // Create packs `q`; `bias` is empty or q.n float32 values. The
-  // reservation must cover PackedBytes().
+  // reservation must cover PackedBytes(); it shrinks to info().bytes_held.
   static std::shared_ptr<const Layer> Create(std::string name, const QuantizedMatrix& q,
                                              std::vector<float> bias,
                                              std::optional<ErrorReport> report,

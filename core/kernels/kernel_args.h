@@ -1,10 +1,17 @@
 // The contract between the packed layout (packed_matrix.cc) and the
 // per-target tile kernels (qmm_avx512.cc, qmm_avx2.cc, qmm_portable.cc).
 //
-// Layout of one tile of kTileN = 16 outputs: codes are 32-bit words, word j
-// of lane l holds codes k = j*cpl .. j*cpl+cpl-1 of output tile*16+l, code i
-// in bits [i*lane_bits, (i+1)*lane_bits) (cpl = 32 / lane_bits). Scales and
-// biases are float32 [groups][16].
+// Layout: outputs come in tiles of kTileN = 16, and tiles in blocks of
+// kBlockTiles = 4 (the matrix is padded with zero tiles to whole blocks).
+// Codes are 32-bit words, [tiles][k / cpl][16 lanes]: word j of lane l of a
+// tile holds codes k = j*cpl .. j*cpl+cpl-1 of that output, code i in bits
+// [i*lane_bits, (i+1)*lane_bits) (cpl = 32 / lane_bits). Scales and biases
+// are stored per block with its tiles interleaved, [groups][4 tiles][16
+// lanes], so that a one-row call over a block reads them as two sequential
+// streams beside its four code streams (a DRAM-bound one-row product needs
+// few streams to keep the hardware prefetchers ahead). They are float32,
+// float16 or bfloat16 (ScaleType: the narrowest that holds every value
+// exactly; kernels widen them exactly).
 //
 // Every kernel computes, for each output n and row m, exactly this sequence
 // of IEEE float32 operations (fma = fused multiply-add, rounded once):
@@ -29,10 +36,14 @@
 namespace qlinear::kernels {
 
 constexpr int kTileN = 16;
+constexpr int kBlockTiles = 4;
+// Elements between consecutive groups' scales (or biases) of one tile.
+constexpr int kBlockStride = kBlockTiles * kTileN;
 // Rows and tiles one kernel call handles at most (register blocking: the
-// rows share each decoded code, the tiles give independent FMA chains).
+// rows share each decoded code, the tiles give independent FMA chains). A
+// call covers tiles of one block.
 constexpr int kMaxRows = 8;
-constexpr int kMaxTiles = 12;
+constexpr int kMaxTiles = kBlockTiles;
 
 enum class Decode : int {
   kInt = 0,  // the code is the value (affine)
@@ -40,12 +51,20 @@ enum class Decode : int {
   kFp8 = 2,  // E4M3
 };
 
+// How scales and biases are stored: 4 bytes (kF32) or 2 bytes per value.
+enum class ScaleType : int {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+};
+
 struct TileArgs {
-  // Tile i of this call starts at codes + i * codes_stride (words), at
-  // scales/biases + i * groups * 16 and at y + i * 16.
-  const uint32_t* codes;  // first tile's words: [k / cpl][16]
-  const float* scales;    // [groups][16]
-  const float* biases;    // [groups][16], null for fp modes
+  // Tile i of this call (i < tiles, all in one block) has word j at
+  // codes + i * codes_stride + j * 16, group g's scales and biases at
+  // element g * kBlockStride + i * 16, and its outputs at y + i * 16.
+  const uint32_t* codes;
+  const void* scales;     // of scale_type
+  const void* biases;     // of scale_type, null for fp modes
   const float* x;         // rows x [k], row stride x_stride
   // Optional, for Decode::kInt: x[k] * 2^-(lane_bits * (k % cpl)), the same
   // strides. Multiplying it by a code masked in place (q * 2^(lane_bits * i),
@@ -61,11 +80,12 @@ struct TileArgs {
   int64_t x_stride;
   int64_t xsum_stride;
   int64_t y_stride;
-  int64_t codes_stride;
+  int64_t codes_stride;  // words per tile
   int rows;   // 1 .. kMaxRows
   int tiles;  // 1 .. kMaxTiles
   int lane_bits;  // 2, 4 or 8
   Decode decode;
+  ScaleType scale_type;
 };
 
 // One entry point per target; each handles any valid TileArgs.

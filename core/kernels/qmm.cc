@@ -16,6 +16,8 @@ namespace {
 
 using kernels::Decode;
 using kernels::kMaxRows;
+using kernels::kBlockStride;
+using kernels::kBlockTiles;
 using kernels::kTileN;
 using kernels::TileArgs;
 
@@ -36,7 +38,8 @@ TileFn KernelFor(SimdTarget target) {
 SimdTarget DetectBest() {
   __builtin_cpu_init();
   SimdTarget best = SimdTarget::kPortable;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
     best = SimdTarget::kAvx2;
   }
   if (__builtin_cpu_supports("avx512f")) best = SimdTarget::kAvx512;
@@ -52,6 +55,38 @@ struct Scratch {
 float* Grow(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
   return v.data();
+}
+
+bool HoldsExactly(const std::vector<float>& values, kernels::ScaleType type) {
+  for (float v : values) {
+    const float back = type == kernels::ScaleType::kF16 ? HalfBitsToFloat(FloatToHalfBits(v))
+                                                       : BF16BitsToFloat(FloatToBF16Bits(v));
+    if (std::memcmp(&back, &v, sizeof v) != 0) return false;
+  }
+  return true;
+}
+
+kernels::ScaleType NarrowestExact(const std::vector<float>& scales,
+                                  const std::vector<float>& biases) {
+  for (kernels::ScaleType type : {kernels::ScaleType::kBF16, kernels::ScaleType::kF16}) {
+    if (HoldsExactly(scales, type) && HoldsExactly(biases, type)) return type;
+  }
+  return kernels::ScaleType::kF32;
+}
+
+std::vector<uint8_t> Narrow(const std::vector<float>& values, kernels::ScaleType type) {
+  if (type == kernels::ScaleType::kF32) {
+    std::vector<uint8_t> out(values.size() * 4);
+    if (!values.empty()) std::memcpy(out.data(), values.data(), out.size());
+    return out;
+  }
+  std::vector<uint8_t> out(values.size() * 2);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t h = type == kernels::ScaleType::kF16 ? FloatToHalfBits(values[i])
+                                                        : FloatToBF16Bits(values[i]);
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
 }
 
 }  // namespace
@@ -88,51 +123,76 @@ SimdTarget DefaultSimdTarget() {
   return chosen;
 }
 
+namespace {
+
+int LaneBits(const QuantParams& params) {
+  switch (params.mode) {
+    case QuantMode::kMxfp4:
+    case QuantMode::kNvfp4:
+      return 4;
+    case QuantMode::kMxfp8:
+      return 8;
+    case QuantMode::kAffine:
+      break;
+  }
+  // 2 and 4 bits keep their width; 3/5/6/8 widen to a byte per code.
+  return (params.bits == 2 || params.bits == 4) ? params.bits : 8;
+}
+
+// Whole blocks of tiles: the padding tiles have zero codes and scales.
+int64_t PaddedTiles(int64_t n) { return (n + kBlockStride - 1) / kBlockStride * kBlockTiles; }
+
+}  // namespace
+
+size_t PackedMatrix::MaxBytes(const QuantParams& params, int64_t n, int64_t k) {
+  const size_t outputs = static_cast<size_t>(PaddedTiles(n) * kTileN);
+  const size_t codes = outputs * static_cast<size_t>(k) * LaneBits(params) / 8;
+  const size_t group_params = outputs * static_cast<size_t>(params.groups(k));
+  return codes + group_params * 4 * (params.has_biases() ? 2 : 1);
+}
+
 PackedMatrix PackedMatrix::Pack(const QuantizedMatrix& q) {
   PackedMatrix p;
   p.params_ = q.params;
   p.n_ = q.n;
   p.k_ = q.k;
   p.groups_ = q.groups();
-  p.tiles_ = (q.n + kTileN - 1) / kTileN;
-  switch (q.params.mode) {
-    case QuantMode::kMxfp4:
-    case QuantMode::kNvfp4:
-      p.lane_bits_ = 4;
-      p.decode_ = Decode::kFp4;
-      break;
-    case QuantMode::kMxfp8:
-      p.lane_bits_ = 8;
-      p.decode_ = Decode::kFp8;
-      break;
-    case QuantMode::kAffine:
-      // 2 and 4 bits keep their width; 3/5/6/8 widen to a byte per code.
-      p.lane_bits_ = (q.params.bits == 2 || q.params.bits == 4) ? q.params.bits : 8;
-      p.decode_ = Decode::kInt;
-      break;
-  }
+  p.tiles_ = PaddedTiles(q.n);
+  p.lane_bits_ = LaneBits(q.params);
+  p.decode_ = q.params.mode == QuantMode::kAffine  ? Decode::kInt
+              : q.params.mode == QuantMode::kMxfp8 ? Decode::kFp8
+                                                   : Decode::kFp4;
   const int cpl = 32 / p.lane_bits_;
   p.words_per_tile_ = q.k / cpl * kTileN;
   p.codes_.assign(static_cast<size_t>(p.tiles_ * p.words_per_tile_), 0u);
-  const size_t group_floats = static_cast<size_t>(p.tiles_ * p.groups_ * kTileN);
-  p.scales_.assign(group_floats, 0.0f);
-  if (q.params.has_biases()) p.biases_.assign(group_floats, 0.0f);
+  // Scales and biases in tile order, as float32 first.
+  const size_t params = static_cast<size_t>(p.tiles_ * p.groups_ * kTileN);
+  std::vector<float> scales(params, 0.0f), biases;
+  if (q.params.has_biases()) biases.assign(params, 0.0f);
   const int64_t words = q.params.packed_cols(q.k);
   for (int64_t n = 0; n < q.n; ++n) {
-    const int64_t t = n / kTileN;
-    const int64_t lane = n % kTileN;
-    uint32_t* tile = p.codes_.data() + t * p.words_per_tile_;
+    // Output n is lane n % 16 of tile n / 16, and lane n % 64 of the
+    // interleaved scales of block n / 64 (kernel_args.h).
+    const int64_t b = n / kBlockStride;
+    const int64_t lane = n % kBlockStride;
+    uint32_t* tile = p.codes_.data() + n / kTileN * p.words_per_tile_;
     const uint32_t* row = q.wq.data() + n * words;
     for (int64_t k = 0; k < q.k; ++k) {
       const uint32_t code = UnpackCode(row, q.params.bits, k);
-      tile[(k / cpl) * kTileN + lane] |= code << ((k % cpl) * p.lane_bits_);
+      tile[(k / cpl) * kTileN + n % kTileN] |= code << ((k % cpl) * p.lane_bits_);
     }
     for (int64_t g = 0; g < p.groups_; ++g) {
-      const size_t i = static_cast<size_t>((t * p.groups_ + g) * kTileN + lane);
-      p.scales_[i] = GroupScale(q, n, g);
-      if (!p.biases_.empty()) p.biases_[i] = GroupBias(q, n, g);
+      const size_t i = static_cast<size_t>((b * p.groups_ + g) * kBlockStride + lane);
+      scales[i] = GroupScale(q, n, g);
+      if (!biases.empty()) biases[i] = GroupBias(q, n, g);
     }
   }
+  // Then in the narrowest type that holds every one of them exactly:
+  // float16 or bfloat16 scales (MLX models' usual storage, and every
+  // E8M0 / E4M3 scale) halve the bytes a one-row product streams.
+  p.scale_type_ = NarrowestExact(scales, biases);
+  p.scales_ = Narrow(scales, p.scale_type_);
+  p.biases_ = Narrow(biases, p.scale_type_);
   return p;
 }
 
@@ -183,8 +243,8 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     if (exact) x_scaled = buf;
   }
 
-  // Kernels write whole tiles: straight into y when that fits, else scratch.
-  const bool direct = y_dtype == DType::kF32 && w.n_ % kTileN == 0;
+  // Kernels write whole blocks: straight into y when that fits, else scratch.
+  const bool direct = y_dtype == DType::kF32 && w.n_ == w.tiles_ * kTileN;
   const int64_t y_stride = direct ? w.n_ : w.tiles_ * kTileN;
   float* ybuf = direct ? static_cast<float*>(y)
                        : Grow(scratch.y, static_cast<size_t>(rows * y_stride));
@@ -201,12 +261,18 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   base.x_stride = k;
   base.xsum_stride = groups;
   base.y_stride = y_stride;
-  base.codes_stride = w.words_per_tile_;
   base.lane_bits = w.lane_bits_;
+  base.codes_stride = w.words_per_tile_;
   base.decode = w.decode_;
+  base.scale_type = w.scale_type_;
 
-  auto run_tiles = [&](const tbb::blocked_range<int64_t>& range) {
+  const int64_t blocks = w.tiles_ / kBlockTiles;
+  const size_t block_words = static_cast<size_t>(kBlockTiles * w.words_per_tile_);
+  const size_t block_param_bytes =
+      static_cast<size_t>(groups * kBlockStride) * w.scale_bytes();
+  auto run_blocks = [&](const tbb::blocked_range<int64_t>& range) {
     TileArgs a = base;
+    a.tiles = kBlockTiles;
     // Row blocks outside, tiles inside: a block of x rows stays in cache
     // while it meets every tile of the chunk.
     for (int64_t m = 0; m < rows; m += kMaxRows) {
@@ -214,23 +280,20 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
       a.x = xf + m * k;
       a.x_scaled = x_scaled == nullptr ? nullptr : x_scaled + m * k;
       a.xsum = xsum + m * groups;
-      for (int64_t t = range.begin(); t < range.end(); t += kernels::kMaxTiles) {
-        a.tiles = static_cast<int>(std::min<int64_t>(kernels::kMaxTiles, range.end() - t));
-        a.codes = w.codes_.data() + t * w.words_per_tile_;
-        a.scales = w.scales_.data() + t * groups * kTileN;
-        a.biases = w.biases_.empty() ? nullptr : w.biases_.data() + t * groups * kTileN;
-        a.y = ybuf + m * y_stride + t * kTileN;
+      for (int64_t b = range.begin(); b < range.end(); ++b) {
+        a.codes = w.codes_.data() + b * block_words;
+        a.scales = w.scales_.data() + b * block_param_bytes;
+        a.biases = w.biases_.empty() ? nullptr : w.biases_.data() + b * block_param_bytes;
+        a.y = ybuf + m * y_stride + b * kBlockStride;
         kernel(a);
       }
     }
   };
   auto run = [&] {
     const int64_t threads = std::max(1, tbb::this_task_arena::max_concurrency());
-    // Chunks of whole kernel calls (kMaxTiles tiles), about 4 per thread.
-    const int64_t calls = (w.tiles_ + kernels::kMaxTiles - 1) / kernels::kMaxTiles;
-    const int64_t grain =
-        std::max<int64_t>(1, calls / (4 * threads)) * kernels::kMaxTiles;
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.tiles_, grain), run_tiles,
+    // About 4 chunks of blocks per thread.
+    const int64_t grain = std::max<int64_t>(1, blocks / (4 * threads));
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, grain), run_blocks,
                       tbb::simple_partitioner());
   };
   if (options.arena != nullptr) {

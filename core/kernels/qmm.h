@@ -56,18 +56,21 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
                      const MatmulOptions& options = MatmulOptions());
 
 // PackedMatrix: a QuantizedMatrix repacked into output-interleaved tiles of
-// 16 outputs (see kernel_args.h), scales and biases widened to float32.
+// 16 outputs, four tiles to a block (see kernel_args.h), scales and biases
+// in the narrowest of bfloat16, float16 and float32 that holds them all
+// exactly.
 class PackedMatrix {
  public:
   static PackedMatrix Pack(const QuantizedMatrix& q);
+  // MaxBytes is the most bytes() can be for this shape (float32 scales).
+  static size_t MaxBytes(const QuantParams& params, int64_t n, int64_t k);
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
   const QuantParams& params() const { return params_; }
   // bytes() is what the packed form really holds.
-  size_t bytes() const {
-    return codes_.size() * 4 + (scales_.size() + biases_.size()) * 4;
-  }
+  size_t bytes() const { return codes_.size() * 4 + scales_.size() + biases_.size(); }
+  kernels::ScaleType scale_type() const { return scale_type_; }
 
  private:
   friend void QuantizedMatmul(const PackedMatrix&, DType, const void*, int64_t,
@@ -76,9 +79,13 @@ class PackedMatrix {
   int64_t n_ = 0, k_ = 0, tiles_ = 0, groups_ = 0, words_per_tile_ = 0;
   int lane_bits_ = 4;
   kernels::Decode decode_ = kernels::Decode::kInt;
-  std::vector<uint32_t> codes_;  // [tiles][k / cpl][16]
-  std::vector<float> scales_;    // [tiles][groups][16]
-  std::vector<float> biases_;    // [tiles][groups][16], empty for fp modes
+  std::vector<uint32_t> codes_;  // [blocks][k / cpl][4 tiles][16]
+  kernels::ScaleType scale_type_ = kernels::ScaleType::kF32;
+  // [blocks][groups][4 tiles][16] values of scale_type_, as bytes.
+  std::vector<uint8_t> scales_;
+  std::vector<uint8_t> biases_;  // empty for fp modes
+
+  size_t scale_bytes() const { return scale_type_ == kernels::ScaleType::kF32 ? 4 : 2; }
 };
 
 }  // namespace qlinear

@@ -1,5 +1,5 @@
-// The AVX2 + FMA tile kernel (compiled with -mavx2 -mfma; only called when
-// the CPU has both). A tile's 16 outputs are two __m256 halves; each lane
+// The AVX2 + FMA tile kernel (compiled with -mavx2 -mfma -mf16c; only called
+// when the CPU has all three). A tile's 16 outputs are two __m256 halves; each lane
 // performs exactly the scalar sequence of kernel_args.h. With 16 vector
 // registers, rows are processed two at a time.
 #include <immintrin.h>
@@ -8,6 +8,16 @@
 
 namespace qlinear::kernels {
 namespace {
+
+// 8 scales or biases starting at element i, widened exactly to float32.
+__attribute__((always_inline)) inline __m256 LoadParams(const void* base, ScaleType type,
+                                                        int64_t i) {
+  if (type == ScaleType::kF32) return _mm256_loadu_ps(static_cast<const float*>(base) + i);
+  const __m128i h = _mm_loadu_si128(
+      reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+  if (type == ScaleType::kF16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 
 template <int B, Decode D>
 __attribute__((always_inline)) inline __m256 DecodeLane(__m256i c, __m256 lut_lo,
@@ -76,15 +86,15 @@ void Kernel(const TileArgs& a, int row0) {
       Step<B, D, R, 0>(w0, w1, x, k, acc0, acc1, lut_lo, lut_hi);
       k += kCpl;
     }
-    const __m256 s0 = _mm256_loadu_ps(a.scales + g * kTileN);
-    const __m256 s1 = _mm256_loadu_ps(a.scales + g * kTileN + 8);
+    const __m256 s0 = LoadParams(a.scales, a.scale_type, g * kBlockStride);
+    const __m256 s1 = LoadParams(a.scales, a.scale_type, g * kBlockStride + 8);
     for (int r = 0; r < R; ++r) {
       y0[r] = _mm256_fmadd_ps(s0, acc0[r], y0[r]);
       y1[r] = _mm256_fmadd_ps(s1, acc1[r], y1[r]);
     }
     if (a.biases != nullptr) {
-      const __m256 b0 = _mm256_loadu_ps(a.biases + g * kTileN);
-      const __m256 b1 = _mm256_loadu_ps(a.biases + g * kTileN + 8);
+      const __m256 b0 = LoadParams(a.biases, a.scale_type, g * kBlockStride);
+      const __m256 b1 = LoadParams(a.biases, a.scale_type, g * kBlockStride + 8);
       for (int r = 0; r < R; ++r) {
         const __m256 xs = _mm256_set1_ps(a.xsum[(row0 + r) * a.xsum_stride + g]);
         y0[r] = _mm256_fmadd_ps(b0, xs, y0[r]);
@@ -103,8 +113,9 @@ void ByRows(const TileArgs& a) {
   for (int t = 0; t < a.tiles; ++t) {
     TileArgs one = a;
     one.codes = a.codes + t * a.codes_stride;
-    one.scales = a.scales + t * a.groups * kTileN;
-    one.biases = a.biases == nullptr ? nullptr : a.biases + t * a.groups * kTileN;
+    const int64_t offset = t * kTileN * (a.scale_type == ScaleType::kF32 ? 4 : 2);
+    one.scales = static_cast<const char*>(a.scales) + offset;
+    one.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
     one.y = a.y + t * kTileN;
     int r = 0;
     for (; r + 2 <= a.rows; r += 2) Kernel<B, D, 2>(one, r);

@@ -3,7 +3,7 @@
 // x[k] is broadcast, so there are no horizontal reductions and each lane
 // performs exactly the scalar sequence of kernel_args.h.
 //
-// Codes are decoded in registers and shared by up to 4 rows; up to 8 tiles
+// Codes are decoded in registers and shared by up to 8 rows; up to 4 tiles
 // per call keep enough independent FMA chains in flight to hide latency.
 // Self-contained on purpose: no inline functions shared with other
 // translation units.
@@ -28,6 +28,16 @@ __attribute__((always_inline)) inline __m512 DecodeLane(__m512i c, __m512 lut) {
     const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
   }
+}
+
+// 16 scales or biases starting at element i, widened exactly to float32.
+__attribute__((always_inline)) inline __m512 LoadParams(const void* base, ScaleType type,
+                                                        int64_t i) {
+  if (type == ScaleType::kF32) return _mm512_loadu_ps(static_cast<const float*>(base) + i);
+  const __m256i h = _mm256_loadu_si256(
+      reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
+  if (type == ScaleType::kF16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 template <int B, Decode D, bool kScaled, int R, int T, int I>
@@ -66,6 +76,12 @@ __attribute__((always_inline)) inline void Step(const __m512i* w, const float* c
   }
 }
 
+// One row streams its weights faster than the hardware prefetchers follow
+// four streams from DRAM (each call starts four new ones): it prefetches
+// each stream this many words ahead, and over a call's last words the start
+// of the next call's tiles (the next T tiles, which the caller runs next).
+constexpr int kPrefetchWords = 8;
+
 template <int B, Decode D, bool kScaled, int R, int T>
 void Kernel(const TileArgs& a) {
   constexpr int kCpl = 32 / B;
@@ -74,7 +90,7 @@ void Kernel(const TileArgs& a) {
   const float* x[R];
   for (int r = 0; r < R; ++r) x[r] = (kScaled ? a.x_scaled : a.x) + r * a.x_stride;
   const int64_t words_per_group = a.group_size / kCpl;
-  const int64_t group_floats = a.groups * kTileN;
+  const int64_t words_per_tile = a.codes_stride / kTileN;
   __m512 y[R][T];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) y[r][t] = _mm512_setzero_ps();
@@ -89,16 +105,25 @@ void Kernel(const TileArgs& a) {
     for (int64_t j = 0; j < words_per_group; ++j) {
       __m512i w[T];
       for (int t = 0; t < T; ++t) w[t] = _mm512_loadu_si512(codes + t * a.codes_stride);
+      if constexpr (R == 1) {
+        const int64_t next = g * words_per_group + j + kPrefetchWords;
+        const uint32_t* ahead = next < words_per_tile
+                                    ? a.codes + next * kTileN
+                                    : a.codes + T * a.codes_stride + (next - words_per_tile) * kTileN;
+        for (int t = 0; t < T; ++t) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + t * a.codes_stride), _MM_HINT_T0);
+        }
+      }
       codes += kTileN;
       Step<B, D, kScaled, R, T, 0>(w, x, k, acc, lut);
       k += kCpl;
     }
     // Fold the group into y.
     for (int t = 0; t < T; ++t) {
-      const __m512 s = _mm512_loadu_ps(a.scales + t * group_floats + g * kTileN);
+      const __m512 s = LoadParams(a.scales, a.scale_type, g * kBlockStride + t * kTileN);
       for (int r = 0; r < R; ++r) y[r][t] = _mm512_fmadd_ps(s, acc[r][t], y[r][t]);
       if (a.biases != nullptr) {
-        const __m512 b = _mm512_loadu_ps(a.biases + t * group_floats + g * kTileN);
+        const __m512 b = LoadParams(a.biases, a.scale_type, g * kBlockStride + t * kTileN);
         for (int r = 0; r < R; ++r) {
           y[r][t] = _mm512_fmadd_ps(b, _mm512_set1_ps(a.xsum[r * a.xsum_stride + g]), y[r][t]);
         }
@@ -121,8 +146,9 @@ void ByTiles(const TileArgs& a) {
   while (done < a.tiles) {
     const int left = a.tiles - done;
     part.codes = a.codes + done * a.codes_stride;
-    part.scales = a.scales + done * a.groups * kTileN;
-    part.biases = a.biases == nullptr ? nullptr : a.biases + done * a.groups * kTileN;
+    const int64_t offset = done * kTileN * (a.scale_type == ScaleType::kF32 ? 4 : 2);
+    part.scales = static_cast<const char*>(a.scales) + offset;
+    part.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
     part.y = a.y + done * kTileN;
     if (left >= kT) {
       Kernel<B, D, kScaled, R, kT>(part);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/half.h"
 #include "core/kernels/kernel_args.h"
 
 namespace qlinear::kernels {
@@ -31,6 +32,19 @@ float DecodeValue(Decode decode, uint32_t code) {
   return static_cast<float>(code);
 }
 
+// Scale or bias i, widened exactly to float32.
+float LoadParam(const void* base, ScaleType type, int64_t i) {
+  switch (type) {
+    case ScaleType::kF16:
+      return HalfBitsToFloat(static_cast<const uint16_t*>(base)[i]);
+    case ScaleType::kBF16:
+      return BF16BitsToFloat(static_cast<const uint16_t*>(base)[i]);
+    case ScaleType::kF32:
+      break;
+  }
+  return static_cast<const float*>(base)[i];
+}
+
 }  // namespace
 
 static void OneTile(const TileArgs& a) {
@@ -48,8 +62,10 @@ static void OneTile(const TileArgs& a) {
           const uint32_t code = (word >> ((k % cpl) * a.lane_bits)) & mask;
           acc = std::fma(x[k], DecodeValue(a.decode, code), acc);
         }
-        y = std::fma(a.scales[g * kTileN + lane], acc, y);
-        if (a.biases != nullptr) y = std::fma(a.biases[g * kTileN + lane], xsum[g], y);
+        y = std::fma(LoadParam(a.scales, a.scale_type, g * kBlockStride + lane), acc, y);
+        if (a.biases != nullptr) {
+          y = std::fma(LoadParam(a.biases, a.scale_type, g * kBlockStride + lane), xsum[g], y);
+        }
       }
       a.y[r * a.y_stride + lane] = y;
     }
@@ -60,8 +76,9 @@ void TileKernelPortable(const TileArgs& a) {
   for (int t = 0; t < a.tiles; ++t) {
     TileArgs one = a;
     one.codes = a.codes + t * a.codes_stride;
-    one.scales = a.scales + t * a.groups * kTileN;
-    one.biases = a.biases == nullptr ? nullptr : a.biases + t * a.groups * kTileN;
+    const int64_t offset = t * kTileN * (a.scale_type == ScaleType::kF32 ? 4 : 2);
+    one.scales = static_cast<const char*>(a.scales) + offset;
+    one.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
     one.y = a.y + t * kTileN;
     OneTile(one);
   }

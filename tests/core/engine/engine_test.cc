@@ -88,6 +88,35 @@ std::unique_ptr<Engine> MakeEngine(Engine::Options o = {}) {
   return *std::move(e);
 }
 
+// A layer reserves the most its shape can hold, then gives back what
+// packing did not need (16-bit scales take half the bytes of float32 ones).
+TEST(RegistryTest, ReservationShrinksToWhatTheLayerHolds) {
+  MemoryBudget budget(1 << 20);
+  {
+    ASSERT_TRUE(budget.TryReserve(600, "test").ok());
+    Reservation r(&budget, 600);
+    r.ShrinkTo(800);
+    EXPECT_EQ(budget.used(), 600u);
+    r.ShrinkTo(200);
+    EXPECT_EQ(budget.used(), 200u);
+    EXPECT_EQ(r.bytes(), 200u);
+  }
+  EXPECT_EQ(budget.used(), 0u);
+
+  const int64_t n = 64, k = 256;
+  std::vector<uint16_t> w(static_cast<size_t>(n * k));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = FloatToHalfBits(0.01f * static_cast<float>(i % 97));
+  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF16, w.data(), n, k);
+  ASSERT_TRUE(q.ok());
+  const uint64_t most = Layer::PackedBytes(q->params, n, k, false);
+  ASSERT_TRUE(budget.TryReserve(most, "layer").ok());
+  auto layer = Layer::Create("h", *q, {}, std::nullopt, 1, Reservation(&budget, most));
+  EXPECT_LT(layer->info().bytes_held, most);
+  EXPECT_EQ(budget.used(), layer->info().bytes_held);
+  layer.reset();
+  EXPECT_EQ(budget.used(), 0u);
+}
+
 TEST(RegistryTest, PublishReplaceUnloadAndMemory) {
   auto engine = MakeEngine({.max_memory_bytes = 1 << 20});
   auto v1 = MakeLayer(*engine, "a", 32, 128, 1);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -32,24 +33,42 @@ std::vector<uint8_t> Random(DType dtype, int64_t count, uint64_t seed) {
   return v;
 }
 
-QuantizedMatrix MakeLayer(const QuantParams& p, int64_t n, int64_t k, uint64_t seed) {
-  const std::vector<uint8_t> w = Random(DType::kF16, n * k, seed);
-  auto q = Quantize(p, DType::kF16, w.data(), n, k);
+QuantizedMatrix MakeLayer(const QuantParams& p, int64_t n, int64_t k, uint64_t seed,
+                          DType w_dtype = DType::kF16) {
+  const std::vector<uint8_t> w = Random(w_dtype, n * k, seed);
+  auto q = Quantize(p, w_dtype, w.data(), n, k);
   EXPECT_TRUE(q.ok()) << q.status();
   return *std::move(q);
 }
 
+// The scale type the packer should pick: affine scales and biases keep the
+// weights' 16-bit type (float32 weights give scales no 16-bit type holds);
+// E8M0 and E4M3 scales all fit bfloat16.
+kernels::ScaleType ExpectedScaleType(const QuantParams& p, DType w_dtype) {
+  if (p.mode != QuantMode::kAffine) return kernels::ScaleType::kBF16;
+  if (w_dtype == DType::kF16) return kernels::ScaleType::kF16;
+  if (w_dtype == DType::kBF16) return kernels::ScaleType::kBF16;
+  return kernels::ScaleType::kF32;
+}
+
 class FormatTest : public ::testing::TestWithParam<QuantParams> {};
 
-// |fast - reference| <= 1e-6 · Σ_k |x_k w_k| per output, for every x dtype
-// and target, with K = one group and K = several, odd M, N not a multiple
-// of the 16-output tile.
+// |fast - reference| <= 1e-6 · Σ_k |x_k w_k| per output, for every x dtype,
+// target and scale storage (weights f32, f16, bf16), with K = one group and
+// K = several, odd M, N not a multiple of the 16-output tile nor of the
+// 64-output block.
 TEST_P(FormatTest, MatchesReferenceOnEveryTarget) {
   const QuantParams p = GetParam();
-  for (int64_t k : {static_cast<int64_t>(p.group_size), static_cast<int64_t>(p.group_size) * 5}) {
-    const int64_t n = 37, m = 5;
-    const QuantizedMatrix q = MakeLayer(p, n, k, 11 + k);
+  for (auto [k, n, w_dtype] : {std::tuple<int64_t, int64_t, DType>{p.group_size, 37, DType::kF16},
+                               {p.group_size * 5, 37, DType::kF16},
+                               {p.group_size * 2, 100, DType::kF32},
+                               {p.group_size * 3, 21, DType::kBF16}}) {
+    const int64_t m = 5;
+    const QuantizedMatrix q = MakeLayer(p, n, k, 11 + k, w_dtype);
     const PackedMatrix packed = PackedMatrix::Pack(q);
+    ASSERT_EQ(packed.scale_type(), ExpectedScaleType(p, w_dtype))
+        << p.ToString() << " weights " << ShortDTypeName(w_dtype);
+    ASSERT_LE(packed.bytes(), PackedMatrix::MaxBytes(p, n, k));
     std::vector<float> dq(static_cast<size_t>(n * k));
     Dequantize(q, DType::kF32, dq.data());
     std::vector<float> bias(static_cast<size_t>(n));
@@ -70,7 +89,8 @@ TEST_P(FormatTest, MatchesReferenceOnEveryTarget) {
             }
             const size_t o = static_cast<size_t>(i * n + j);
             ASSERT_LE(std::abs(y[o] - ref[o]), 1e-6 * mag + 1e-30)
-                << p.ToString() << " K=" << k << " x " << ShortDTypeName(xd) << " on "
+                << p.ToString() << " K=" << k << " N=" << n << " weights "
+                << ShortDTypeName(w_dtype) << " x " << ShortDTypeName(xd) << " on "
                 << SimdTargetName(target) << " at " << i << "," << j;
           }
         }
@@ -129,6 +149,20 @@ TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
       }
     }
   }
+}
+
+// Scales held in 16 bits halve their bytes: a 4096 x 4096 4-bit layer with
+// float16 scales holds 8 MiB of codes and 1 MiB of scales and biases.
+TEST(PackTest, SixteenBitScalesHalveTheirBytes) {
+  const QuantParams p{QuantMode::kAffine, 4, 64};
+  const int64_t n = 256, k = 512;
+  const size_t codes = static_cast<size_t>(n * k / 2);
+  const size_t groups = static_cast<size_t>(n * k / 64);
+  EXPECT_EQ(PackedMatrix::Pack(MakeLayer(p, n, k, 1, DType::kF16)).bytes(), codes + groups * 2 * 2);
+  EXPECT_EQ(PackedMatrix::Pack(MakeLayer(p, n, k, 1, DType::kF32)).bytes(), codes + groups * 2 * 4);
+  EXPECT_EQ(PackedMatrix::MaxBytes(p, n, k), codes + groups * 2 * 4);
+  // N = 65 pads to two blocks of 64 outputs.
+  EXPECT_EQ(PackedMatrix::MaxBytes(p, 65, k), (codes + groups * 2 * 4) / 256 * 128);
 }
 
 TEST(SimdTargetTest, DefaultIsSupportedAndNamed) {
