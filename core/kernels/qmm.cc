@@ -213,13 +213,18 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     xf = buf;
   }
   float* xsum = Grow(scratch.xsum, static_cast<size_t>(rows * groups));
+  // Summed in double, k ascending, and rounded once: the bias term b·xsum is
+  // where the factored form can cancel, so its input should carry no extra
+  // error. Eight groups at a time, so that their add chains overlap.
   for (int64_t m = 0; m < rows; ++m) {
-    for (int64_t g = 0; g < groups; ++g) {
-      // Summed in double and rounded once: the bias term b·xsum is where the
-      // factored form can cancel, so its input should carry no extra error.
-      double s = 0.0;
-      for (int64_t i = 0; i < gs; ++i) s += xf[m * k + g * gs + i];
-      xsum[m * groups + g] = static_cast<float>(s);
+    const float* row = xf + m * k;
+    for (int64_t g0 = 0; g0 < groups; g0 += 8) {
+      const int64_t count = std::min<int64_t>(8, groups - g0);
+      double s[8] = {};
+      for (int64_t i = 0; i < gs; ++i) {
+        for (int64_t j = 0; j < count; ++j) s[j] += row[(g0 + j) * gs + i];
+      }
+      for (int64_t j = 0; j < count; ++j) xsum[m * groups + g0 + j] = static_cast<float>(s[j]);
     }
   }
 
@@ -229,18 +234,20 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   if (w.decode_ == Decode::kInt) {
     const int bits = w.lane_bits_;
     const int cpl = 32 / bits;
+    // 16 factors (cpl divides 16, and 16 divides k): a loop the compiler
+    // vectorises.
     float factor[16];
-    for (int i = 0; i < cpl; ++i) factor[i] = std::ldexp(1.0f, -bits * i);
+    for (int i = 0; i < 16; ++i) factor[i] = std::ldexp(1.0f, -bits * (i % cpl));
     float* buf = Grow(scratch.x_scaled, static_cast<size_t>(rows * k));
-    bool exact = true;
-    for (int64_t i = 0; i < rows * k; i += cpl) {
-      for (int j = 0; j < cpl; ++j) {
+    int tiny = 0;
+    for (int64_t i = 0; i < rows * k; i += 16) {
+      for (int j = 0; j < 16; ++j) {
         const float v = xf[i + j];
-        exact &= !(std::fabs(v) < 0x1p-96f) || v == 0.0f;
+        tiny |= (std::fabs(v) < 0x1p-96f) & (v != 0.0f);
         buf[i + j] = v * factor[j];  // exact for |v| >= 2^-96
       }
     }
-    if (exact) x_scaled = buf;
+    if (!tiny) x_scaled = buf;
   }
 
   // Kernels write whole blocks: straight into y when that fits, else scratch.
