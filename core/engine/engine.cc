@@ -52,11 +52,29 @@ struct Engine::Impl {
   bool stopping = false;
   std::thread dispatcher;
 
+  // When more work waits, answers leave through the completer thread, so
+  // that building responses and handing them to the transport overlaps the
+  // next batch's compute instead of delaying it. `answering` counts tasks
+  // handed over and not yet answered; Drain waits for it to reach zero.
+  struct Answer {
+    std::shared_ptr<Task> task;
+    absl::Status status;
+  };
+  std::condition_variable answer_cv;
+  std::deque<Answer> answers;
+  int64_t answering = 0;
+  bool stop_completer = false;
+  std::thread completer;
+
   // Scratch reused by the dispatcher.
   std::vector<float> x_batch, y_batch;
 
   void Run();
+  void Complete();
+  // Finish answers a task on the calling thread; AnswerLater hands
+  // finished tasks to the completer.
   void Finish(const std::shared_ptr<Task>& task, absl::Status status);
+  void AnswerLater(std::vector<Answer> batch);
   std::vector<std::shared_ptr<Task>> TakeAllLocked();
 };
 
@@ -73,6 +91,34 @@ void Engine::Impl::Finish(const std::shared_ptr<Task>& task, absl::Status status
   if (r.status.ok()) stats.compute_us.Record(static_cast<double>(r.compute_us));
   stats.total_us.Record(static_cast<double>(MicrosBetween(task->enqueued, now)));
   task->done(std::move(r));
+}
+
+void Engine::Impl::AnswerLater(std::vector<Answer> batch) {
+  if (batch.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    answering += static_cast<int64_t>(batch.size());
+    for (Answer& a : batch) answers.push_back(std::move(a));
+  }
+  answer_cv.notify_one();
+}
+
+void Engine::Impl::Complete() {
+  while (true) {
+    std::deque<Answer> ready;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      answer_cv.wait(lock, [&] { return stop_completer || !answers.empty(); });
+      if (answers.empty()) return;  // stopping, and nothing left to answer
+      ready.swap(answers);
+    }
+    for (Answer& a : ready) Finish(a.task, std::move(a.status));
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      answering -= static_cast<int64_t>(ready.size());
+    }
+    idle_cv.notify_all();
+  }
 }
 
 std::vector<std::shared_ptr<Task>> Engine::Impl::TakeAllLocked() {
@@ -153,7 +199,10 @@ void Engine::Impl::Run() {
       }
       in_flight = !batch.empty() || !dropped.empty();
     }
-    for (size_t i = 0; i < dropped.size(); ++i) Finish(dropped[i], dropped_status[i]);
+    std::vector<Answer> done;
+    for (size_t i = 0; i < dropped.size(); ++i) {
+      done.push_back({std::move(dropped[i]), std::move(dropped_status[i])});
+    }
     if (!batch.empty()) {
       const Layer& layer = *batch.front().task->entry.layer;
       const int64_t k = layer.info().k;
@@ -206,8 +255,20 @@ void Engine::Impl::Run() {
           r.batch_requests = static_cast<int64_t>(batch.size());
         }
         s.task->rows_done += s.rows;
-        if (s.task->rows_done == s.task->request.rows) Finish(s.task, absl::OkStatus());
+        if (s.task->rows_done == s.task->request.rows) done.push_back({s.task, absl::OkStatus()});
       }
+    }
+    // With work waiting, answers go to the completer so that the next batch
+    // starts now; with none, answering here saves the hand-over's latency.
+    bool work_waiting;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      work_waiting = !turns.empty();
+    }
+    if (work_waiting) {
+      AnswerLater(std::move(done));
+    } else {
+      for (Answer& a : done) Finish(a.task, std::move(a.status));
     }
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -231,6 +292,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   std::unique_ptr<Engine> engine(new Engine(options));
   const int threads = options.threads > 0 ? options.threads : tbb::info::default_concurrency();
   engine->impl_ = std::make_unique<Impl>(engine.get(), threads);
+  engine->impl_->completer = std::thread([impl = engine->impl_.get()] { impl->Complete(); });
   engine->impl_->dispatcher = std::thread([impl = engine->impl_.get()] { impl->Run(); });
   return engine;
 }
@@ -246,7 +308,10 @@ Engine::~Engine() {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     left = impl_->TakeAllLocked();
+    impl_->stop_completer = true;
   }
+  impl_->answer_cv.notify_all();
+  impl_->completer.join();  // answers everything handed to it first
   for (auto& t : left) impl_->Finish(t, absl::UnavailableError("server is shutting down"));
 }
 
@@ -317,7 +382,8 @@ bool Engine::Drain(Clock::time_point deadline) {
     impl_->draining = true;
     impl_->work_cv.notify_all();
     drained = impl_->idle_cv.wait_until(lock, deadline, [&] {
-      return impl_->queued_rows == 0 && impl_->turns.empty() && !impl_->in_flight;
+      return impl_->queued_rows == 0 && impl_->turns.empty() && !impl_->in_flight &&
+             impl_->answering == 0;
     });
     if (!drained) {
       // Let the running batch answer its own requests, start no other, and
@@ -330,6 +396,9 @@ bool Engine::Drain(Clock::time_point deadline) {
   for (auto& t : left) {
     impl_->Finish(t, absl::UnavailableError("server shut down before this request ran (drain timeout)"));
   }
+  // Every computed answer has left before Drain returns.
+  std::unique_lock<std::mutex> lock(impl_->mu);
+  impl_->idle_cv.wait(lock, [&] { return impl_->answering == 0; });
   return drained;
 }
 
