@@ -76,29 +76,26 @@ int RunQuantize(int argc, char** argv) {
     }
   }
 
+  std::map<const TensorInfo*, FloatWeight> weights;
+  for (FloatWeight& w : FindFloatWeights(**file, *params)) weights[w.tensor] = std::move(w);
   std::deque<QuantizedMatrix> quantized;  // stable addresses for the views
   std::vector<TensorToWrite> tensors;
   for (const TensorInfo& t : (*file)->tensors()) {
-    const bool weight = absl::EndsWith(t.name, ".weight") && t.shape.size() == 2;
-    if (!weight || !(IsFloatDType(t.dtype) || t.dtype == DType::kF64)) {
+    auto it = weights.find(&t);
+    if (it == weights.end()) {
       tensors.push_back(CopyOf(**file, t));
       continue;
     }
-    const std::string layer = t.name.substr(0, t.name.size() - 7);
+    const FloatWeight& w = it->second;
+    if (!w.skip_reason.empty()) {
+      std::fprintf(stderr, "qlinear quantize: warning: '%s' %s %s copied unquantized: %s\n",
+                   t.name.c_str(), t.ShapeString().c_str(), std::string(DTypeName(t.dtype)).c_str(),
+                   w.skip_reason.c_str());
+      tensors.push_back(CopyOf(**file, t));
+      continue;
+    }
     const int64_t n = t.shape[0];
     const int64_t k = t.shape[1];
-    if (t.dtype == DType::kF64 || n == 0 || k % params->group_size != 0 || k == 0) {
-      std::fprintf(stderr,
-                   "qlinear quantize: warning: '%s' %s %s copied unquantized: %s\n",
-                   t.name.c_str(), t.ShapeString().c_str(),
-                   std::string(DTypeName(t.dtype)).c_str(),
-                   t.dtype == DType::kF64
-                       ? "F64 is not a weight dtype MLX quantizes"
-                       : absl::StrCat("K=", k, " is not a positive multiple of the group size ",
-                                      params->group_size).c_str());
-      tensors.push_back(CopyOf(**file, t));
-      continue;
-    }
     auto data = (*file)->Data(t);
     auto q = Quantize(*params, t.dtype, data.data(), n, k);
     if (!q.ok()) {
@@ -106,12 +103,12 @@ int RunQuantize(int argc, char** argv) {
           absl::StrCat("tensor '", t.name, "': ", q.status().message())));
     }
     const ErrorReport report = ComputeErrorReport(*q, t.dtype, data.data());
-    std::printf("%s: %s %s -> %s  %s\n", layer.c_str(), ShapeOf(n, k).c_str(),
+    std::printf("%s: %s %s -> %s  %s\n", w.layer.c_str(), ShapeOf(n, k).c_str(),
                 std::string(DTypeName(t.dtype)).c_str(),
                 params->ToString().c_str(), report.ToString().c_str());
     quantized.push_back(*std::move(q));
-    for (TensorToWrite& w : QuantizedTensors(layer, quantized.back())) {
-      tensors.push_back(std::move(w));
+    for (TensorToWrite& out : QuantizedTensors(w.layer, quantized.back())) {
+      tensors.push_back(std::move(out));
     }
   }
   std::map<std::string, std::string> metadata = (*file)->metadata();

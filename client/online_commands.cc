@@ -119,13 +119,12 @@ int RunUpload(int argc, char** argv) {
     std::printf("%s\n", Describe(*info).c_str());
     ++layers;
   }
-  for (const TensorInfo& t : (*file)->tensors()) {
-    if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2 || !IsFloatDType(t.dtype)) continue;
-    const std::string layer = t.name.substr(0, t.name.size() - 7);
-    if (t.shape[1] % params->group_size != 0) {  // as mlx-lm and `quantize` skip it
-      std::fprintf(stderr, "qlinear upload: warning: '%s' %s skipped: K=%lld is not a multiple of the group size %d\n",
-                   t.name.c_str(), t.ShapeString().c_str(), static_cast<long long>(t.shape[1]),
-                   params->group_size);
+  for (const FloatWeight& w : FindFloatWeights(**file, *params)) {
+    const TensorInfo& t = *w.tensor;
+    const std::string& layer = w.layer;
+    if (!w.skip_reason.empty()) {  // as mlx-lm and `quantize` leave it
+      std::fprintf(stderr, "qlinear upload: warning: '%s' %s skipped: %s\n", t.name.c_str(),
+                   t.ShapeString().c_str(), w.skip_reason.c_str());
       continue;
     }
     const TensorInfo* bias = (*file)->Find(layer + ".bias");

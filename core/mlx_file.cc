@@ -222,6 +222,26 @@ std::vector<std::string> FindQuantizedLayers(const SafetensorsFile& file) {
   return layers;
 }
 
+std::vector<FloatWeight> FindFloatWeights(const SafetensorsFile& file, const QuantParams& params) {
+  std::vector<FloatWeight> weights;
+  for (const TensorInfo& t : file.tensors()) {
+    if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2) continue;
+    if (!IsFloatDType(t.dtype) && t.dtype != DType::kF64) continue;
+    FloatWeight w{&t, t.name.substr(0, t.name.size() - 7), ""};
+    const int64_t n = t.shape[0], k = t.shape[1];
+    if (t.dtype == DType::kF64) {
+      w.skip_reason = "F64 is not a weight dtype MLX quantizes";
+    } else if (n == 0 || k == 0) {
+      w.skip_reason = absl::StrCat("it is empty (N=", n, ", K=", k, ")");
+    } else if (k % params.group_size != 0) {
+      w.skip_reason = absl::StrCat("K=", k, " is not a multiple of the group size ",
+                                   params.group_size);
+    }
+    weights.push_back(std::move(w));
+  }
+  return weights;
+}
+
 absl::StatusOr<QuantParams> ResolveLayerParams(
     const SafetensorsFile& file, const std::string& layer,
     const QuantizationSources& sources) {

@@ -68,6 +68,20 @@ struct QuantizationSources {
 // FindQuantizedLayers lists the prefixes P with a U32 P.weight and a P.scales.
 std::vector<std::string> FindQuantizedLayers(const SafetensorsFile& file);
 
+// A float `P.weight` of a file to quantize: every 2-D tensor whose name ends
+// in ".weight" and whose dtype is F32, F16, BF16 or F64. It quantizes with
+// `params` when skip_reason is empty; otherwise it stays as it is, like
+// mlx-lm leaves such layers (F64, an empty dimension, or K not a multiple
+// of the group size), and skip_reason says why in words.
+struct FloatWeight {
+  const TensorInfo* tensor;
+  std::string layer;  // the prefix P
+  std::string skip_reason;
+};
+
+// FindFloatWeights lists the float weights of `file` in file order.
+std::vector<FloatWeight> FindFloatWeights(const SafetensorsFile& file, const QuantParams& params);
+
 // ResolveLayerParams decides the parameters of `layer` (see the file comment)
 // and checks that they fit its tensors' shapes. INVALID_ARGUMENT otherwise.
 absl::StatusOr<QuantParams> ResolveLayerParams(const SafetensorsFile& file,

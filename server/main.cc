@@ -84,13 +84,12 @@ absl::Status LoadModel(Engine* engine, const std::string& path, const QuantParam
     auto published = PublishQuantized(engine, layer, *q, std::move(bias), std::nullopt, false);
     if (!published.ok()) return published.status();
   }
-  for (const TensorInfo& t : (*file)->tensors()) {
-    if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2 || !IsFloatDType(t.dtype)) continue;
-    const std::string layer = t.name.substr(0, t.name.size() - 7);
-    if (t.shape[1] % params.group_size != 0) {  // as mlx-lm skips it
-      std::fprintf(stderr, "qlinear-server: warning: '%s' %s not served: K=%lld is not a multiple of the group size %d\n",
-                   t.name.c_str(), t.ShapeString().c_str(), static_cast<long long>(t.shape[1]),
-                   params.group_size);
+  for (const FloatWeight& w : FindFloatWeights(**file, params)) {
+    const TensorInfo& t = *w.tensor;
+    const std::string& layer = w.layer;
+    if (!w.skip_reason.empty()) {  // as mlx-lm leaves it
+      std::fprintf(stderr, "qlinear-server: warning: '%s' %s not served: %s\n", t.name.c_str(),
+                   t.ShapeString().c_str(), w.skip_reason.c_str());
       continue;
     }
     auto q = Quantize(params, t.dtype, (*file)->Data(t).data(), t.shape[0], t.shape[1]);
