@@ -1,0 +1,65 @@
+#!/bin/bash
+# Service throughput with the load generator on cores of its own, on a
+# machine with more than 2 cores (the `device` machine), for comparison
+# with this 2-core machine where server and load generator share cores.
+#
+#   bench/device_service.sh prepare   # here: binaries + their shared
+#                                     # libraries into build/devrun (~22 MB)
+#   build/devrun/device_service.sh run   # there (carry build/devrun)
+#
+# `run` pins qlinear-server to cores 0-1 (--threads 2), measures the kernel
+# pinned to the same cores, then drives the server with `qlinear bench` at
+# concurrency 64 and 1 from cores 2-3, from the server's cores 0-1 and from
+# cores 2-7.
+set -euo pipefail
+
+prepare() {
+  local out=build/devrun
+  rm -rf "$out" && mkdir -p "$out/lib"
+  cp build/qlinear-server build/qlinear build/qlinear_kernel_bench "$0" "$out/"
+  for b in "$out"/qlinear-server "$out"/qlinear "$out"/qlinear_kernel_bench; do
+    ldd "$b" | awk '/=>/ {print $3}'
+  done | sort -u | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux|libpthread|libdl|librt)[.-]' |
+    grep -v -E 'lib(openblas|gfortran|quadmath)' | xargs -I{} cp -L {} "$out/lib/"
+  # The run filters out the OpenBLAS baselines: a stub keeps 35 MB behind.
+  printf '%s\n' '#include <stdlib.h>' 'void cblas_sgemm(void) { abort(); }' \
+    'void cblas_sgemv(void) { abort(); }' 'void openblas_set_num_threads(int n) { (void)n; }' |
+    gcc -shared -fPIC -x c -o "$out/lib/libopenblas.so.0" -
+  strip --strip-unneeded "$out"/qlinear* "$out"/lib/* 2>/dev/null || true
+  du -sh "$out"
+}
+
+summary() {
+  python3 -c "
+import json, sys
+d = json.load(sys.stdin); s = d['server']; l = d['latency_ms']
+print('$1: %.0f req/s  p50 %.3f ms  p99 %.3f ms  rows/batch %.1f  compute %.0f us  queue %.0f us  errors %s' % (
+    d['requests_per_s'], l['p50'], l['p99'], s['batch_rows_mean'], s['compute_us_mean'],
+    s['queue_us_mean'], d['errors']))"
+}
+
+run() {
+  cd "$(dirname "$0")"
+  export LD_LIBRARY_PATH=$PWD/lib
+  echo "== kernel, 2 threads pinned to cores 0-1"
+  QLINEAR_THREADS=2 taskset -c 0,1 ./qlinear_kernel_bench \
+    --benchmark_filter='qmm/affine_b4_g64/f32/N4096_K4096/M(1|16|32|64)/real_time' \
+    --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 |
+    grep median | awk '{print $1, $2, $3, $7}'
+  for cores in 2,3 0,1 2-7; do
+    taskset -c 0,1 ./qlinear-server --threads 2 --listen 127.0.0.1:50051 > srv.log 2>&1 &
+    local server=$!
+    for _ in $(seq 100); do grep -q listening srv.log && break; sleep 0.2; done
+    taskset -c "$cores" ./qlinear bench --layer demo --concurrency 64 --duration 5 --warmup 2 \
+      --json 2>/dev/null | summary "bench on cores $cores, concurrency 64"
+    taskset -c "$cores" ./qlinear bench --layer demo --concurrency 1 --duration 4 --warmup 1 \
+      --json 2>/dev/null | summary "bench on cores $cores, concurrency 1"
+    kill -TERM "$server"; wait "$server" || true
+  done
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) run ;;
+  *) echo "usage: $0 prepare | run" >&2; exit 2 ;;
+esac
