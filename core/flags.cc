@@ -1,5 +1,6 @@
 #include "core/flags.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -65,7 +66,9 @@ absl::StatusOr<std::optional<int64_t>> Flags::GetInt(const std::string& name) co
 absl::StatusOr<PartialQuantParams> ParseQuantFlags(const Flags& flags) {
   PartialQuantParams p;
   if (auto mode = flags.Get("mode")) {
-    auto parsed = ParseQuantMode(*mode);
+    // Case-insensitive on the command line, like --dtype (files keep MLX's
+    // exact spelling).
+    auto parsed = ParseQuantMode(absl::AsciiStrToLower(*mode));
     if (!parsed.ok()) return parsed.status();
     p.mode = *parsed;
   }

@@ -175,7 +175,7 @@ TEST_F(CliTest, QuantizeInspectDequantizeRoundTrip) {
 TEST_F(CliTest, FpModesDefaultToBf16OnDequantize) {
   WriteModel(Path("model.safetensors"));
   RunResult r = Run("quantize --in " + Path("model.safetensors") + " --out " +
-                    Path("q.safetensors") + " --mode mxfp4");
+                    Path("q.safetensors") + " --mode MXFP4");  // case-insensitive
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("-> mxfp4 b4 g32"));
   // 48 divides by 16 but not by 32: copied for mxfp4.
