@@ -39,17 +39,20 @@ constexpr char kUsage[] =
     "                            .weight tensors quantized with --bits/--group-size/--mode\n"
     "  --bits B --group-size G --mode affine|mxfp4|mxfp8|nvfp4   for float weights\n"
     "                            (default affine, MLX's defaults per mode)\n"
-    "With no --model, serves layer 'demo': 4096x4096, affine b4 g64, seeded random weights.\n";
+    "With no --model, serves layer 'demo': 4096x4096, affine b4 g64, seeded random float16\n"
+    "weights.\n";
 
+// The demo layer's weights are float16, as in most MLX models (and as in
+// qlinear_kernel_bench), so its scales and biases are float16 too.
 absl::Status LoadDemo(Engine* engine) {
   const int64_t n = 4096, k = 4096;
   std::mt19937_64 rng(0);
   std::normal_distribution<float> normal(0.0f, 1.0f / 64.0f);
-  std::vector<float> w(static_cast<size_t>(n * k));
-  for (float& v : w) v = normal(rng);
-  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), n, k);
+  std::vector<uint16_t> w(static_cast<size_t>(n * k));
+  for (uint16_t& v : w) v = FloatToHalfBits(normal(rng));
+  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF16, w.data(), n, k);
   if (!q.ok()) return q.status();
-  const ErrorReport report = ComputeErrorReport(*q, DType::kF32, w.data());
+  const ErrorReport report = ComputeErrorReport(*q, DType::kF16, w.data());
   return PublishQuantized(engine, "demo", *q, {}, report, false).status();
 }
 
