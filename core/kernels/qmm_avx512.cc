@@ -106,12 +106,16 @@ void Kernel(const TileArgs& a) {
       __m512i w[T];
       for (int t = 0; t < T; ++t) w[t] = _mm512_loadu_si512(codes + t * a.codes_stride);
       if constexpr (R == 1) {
+        // Addresses as integers: past the last block they point at nothing
+        // (a prefetch never faults), which pointer arithmetic may not do.
         const int64_t next = g * words_per_group + j + kPrefetchWords;
-        const uint32_t* ahead = next < words_per_tile
-                                    ? a.codes + next * kTileN
-                                    : a.codes + T * a.codes_stride + (next - words_per_tile) * kTileN;
+        const int64_t word = next < words_per_tile
+                                 ? next * kTileN
+                                 : T * a.codes_stride + (next - words_per_tile) * kTileN;
+        const uintptr_t ahead = reinterpret_cast<uintptr_t>(a.codes) + static_cast<uintptr_t>(word) * 4;
         for (int t = 0; t < T; ++t) {
-          _mm_prefetch(reinterpret_cast<const char*>(ahead + t * a.codes_stride), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + static_cast<uintptr_t>(t * a.codes_stride) * 4),
+                       _MM_HINT_T0);
         }
       }
       codes += kTileN;
