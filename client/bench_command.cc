@@ -181,7 +181,7 @@ int RunBench(int argc, char** argv) {
             graveyard.push_back(std::move(call));
           }
           bool again = concurrency > 0 && !stop_issuing.load();
-          if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests) + 0;
+          if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests);
           if (again) issue(Clock::now());
           std::lock_guard<std::mutex> lock(mu);
           --in_flight;

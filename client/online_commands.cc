@@ -105,9 +105,7 @@ int RunUpload(int argc, char** argv) {
     h.set_name(layer);
     h.set_out_features(w->shape[0]);
     h.set_in_features(w->shape[1] * 32 / p->bits);
-    h.mutable_spec()->set_mode(ToProto(p->mode));
-    h.mutable_spec()->set_bits(p->bits);
-    h.mutable_spec()->set_group_size(p->group_size);
+    *h.mutable_spec() = ToProto(*p);
     h.set_scales_dtype(ToProto(s->dtype));
     h.set_has_bias(bias != nullptr);
     if (bias != nullptr) h.set_bias_dtype(ToProto(bias->dtype));
@@ -137,9 +135,7 @@ int RunUpload(int argc, char** argv) {
     h.set_out_features(t.shape[0]);
     h.set_in_features(t.shape[1]);
     h.set_dtype(ToProto(t.dtype));
-    h.mutable_spec()->set_mode(ToProto(params->mode));
-    h.mutable_spec()->set_bits(params->bits);
-    h.mutable_spec()->set_group_size(params->group_size);
+    *h.mutable_spec() = ToProto(*params);
     h.set_has_bias(bias != nullptr);
     h.set_replace(flags->Has("replace"));
     auto info = (*client)->Quantize(h, (*file)->Data(t), Span(**file, bias), progress(layer));

@@ -1,4 +1,4 @@
-// The contract between the packed layout (packed_matrix.cc) and the
+// The contract between the packed layout (PackedMatrix::Pack, qmm.cc) and the
 // per-target tile kernels (qmm_avx512.cc, qmm_avx2.cc, qmm_portable.cc).
 //
 // Layout: outputs come in tiles of kTileN = 16, and tiles in blocks of

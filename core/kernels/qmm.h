@@ -79,7 +79,7 @@ class PackedMatrix {
   int64_t n_ = 0, k_ = 0, tiles_ = 0, groups_ = 0, words_per_tile_ = 0;
   int lane_bits_ = 4;
   kernels::Decode decode_ = kernels::Decode::kInt;
-  std::vector<uint32_t> codes_;  // [blocks][k / cpl][4 tiles][16]
+  std::vector<uint32_t> codes_;  // [tiles][k / cpl][16]
   kernels::ScaleType scale_type_ = kernels::ScaleType::kF32;
   // [blocks][groups][4 tiles][16] values of scale_type_, as bytes.
   std::vector<uint8_t> scales_;
