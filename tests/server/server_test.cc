@@ -462,7 +462,24 @@ TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
       });
     }
     while (sent < 16) std::this_thread::yield();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // let them be accepted
+    // SIGTERM only once the server has accepted all 16 (it rightly refuses
+    // any that arrive after): batches of 8 rows taken in FIFO order leave at
+    // most one 64-row request partly handed to the kernel, so queued plus
+    // finished rows above 15 requests' worth means all 16 are in. (A fixed
+    // pause was too short for a loaded sanitizer build.)
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (true) {
+      auto stats = client->Stats("demo");
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      uint64_t ok_rows = 0;
+      for (const v1::LayerStats& l : stats->layers()) {
+        auto it = l.rows_by_code().find("OK");
+        if (it != l.rows_by_code().end()) ok_rows += it->second;
+      }
+      if (static_cast<uint64_t>(stats->server().queue_rows()) + ok_rows > 15 * 64) break;
+      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "the server never accepted all 16";
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     std::thread stopper([&] { exit_status = server.Stop(SIGTERM); });
     for (auto& t : threads) t.join();
     stopper.join();
