@@ -5,13 +5,16 @@
 // kBlockTiles = 4 (the matrix is padded with zero tiles to whole blocks).
 // Codes are 32-bit words, [tiles][k / cpl][16 lanes]: word j of lane l of a
 // tile holds codes k = j*cpl .. j*cpl+cpl-1 of that output, code i in bits
-// [i*lane_bits, (i+1)*lane_bits) (cpl = 32 / lane_bits). Scales and biases
-// are stored per block with its tiles interleaved, [groups][4 tiles][16
-// lanes], so that a one-row call over a block reads them as two sequential
-// streams beside its four code streams (a DRAM-bound one-row product needs
-// few streams to keep the hardware prefetchers ahead). They are float32,
-// float16 or bfloat16 (ScaleType: the narrowest that holds every value
-// exactly; kernels widen them exactly).
+// [i*lane_bits, (i+1)*lane_bits) (cpl = 32 / lane_bits). The codes start
+// on a cache line, with a zero word (64 bytes) before and after them, so a
+// kernel may load a word from a few bytes either side of its place.
+// Scales and biases are stored per block with its tiles interleaved,
+// [groups][4 tiles][16 lanes], so that a one-row call over a block reads
+// them as two sequential streams beside its four code streams (a
+// DRAM-bound one-row product needs few streams to keep the hardware
+// prefetchers ahead). They are float32, float16 or bfloat16 (ScaleType:
+// the narrowest that holds every value exactly; kernels widen them
+// exactly).
 //
 // Every kernel computes, for each output n and row m, exactly this sequence
 // of IEEE float32 operations (fma = fused multiply-add, rounded once):
@@ -66,11 +69,11 @@ struct TileArgs {
   const void* scales;     // of scale_type
   const void* biases;     // of scale_type, null for fp modes
   const float* x;         // rows x [k], row stride x_stride
-  // Optional, for Decode::kInt: x[k] * 2^-(lane_bits * (k % cpl)), the same
-  // strides. Multiplying it by a code masked in place (q * 2^(lane_bits * i),
-  // exact) gives exactly x[k] * q, one instruction cheaper than shifting.
-  // Callers pass null when any |x| is so small (< 2^-96) that the scaling
-  // would lose bits; then the kernel shifts.
+  // Optional, AVX-512 and Decode::kInt only: x pre-scaled by
+  // PrescaleAvx512, the same strides. Multiplying it by a code masked in
+  // place (q * 2^(lane_bits * i), exact) gives exactly x[k] * q, one
+  // instruction cheaper than shifting. Null when some |x| is so small that
+  // the scaling would lose bits; then the kernel shifts.
   const float* x_scaled;
   const float* xsum;      // rows x [groups], row stride xsum_stride
   float* y;               // rows x [16] at row stride y_stride
@@ -92,6 +95,14 @@ struct TileArgs {
 void TileKernelPortable(const TileArgs& args);
 void TileKernelAvx2(const TileArgs& args);
 void TileKernelAvx512(const TileArgs& args);
+
+// Writes x_scaled for the AVX-512 kernel's integer codes of lane_bits bits:
+// x[k] * 2^-(lane_bits * (k % cpl)) (the code's shift in its word), except
+// that 4-bit codes in the low half of a byte, which that kernel looks up
+// rather than masks, keep factor 1. n is a multiple of 16. Returns false
+// (x_scaled unusable) when a nonzero |x| is below 2^-96, where the scaling
+// could lose bits.
+bool PrescaleAvx512(const float* x, int64_t n, int lane_bits, float* x_scaled);
 
 }  // namespace qlinear::kernels
 

@@ -42,7 +42,9 @@ SimdTarget DetectBest() {
       __builtin_cpu_supports("f16c")) {
     best = SimdTarget::kAvx2;
   }
-  if (__builtin_cpu_supports("avx512f")) best = SimdTarget::kAvx512;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
+    best = SimdTarget::kAvx512;
+  }
   return best;
 }
 
@@ -146,7 +148,8 @@ int64_t PaddedTiles(int64_t n) { return (n + kBlockStride - 1) / kBlockStride * 
 
 size_t PackedMatrix::MaxBytes(const QuantParams& params, int64_t n, int64_t k) {
   const size_t outputs = static_cast<size_t>(PaddedTiles(n) * kTileN);
-  const size_t codes = outputs * static_cast<size_t>(k) * LaneBits(params) / 8;
+  // Codes, and the zero word either side of them.
+  const size_t codes = outputs * static_cast<size_t>(k) * LaneBits(params) / 8 + 2 * kTileN * 4;
   const size_t group_params = outputs * static_cast<size_t>(params.groups(k));
   return codes + group_params * 4 * (params.has_biases() ? 2 : 1);
 }
@@ -164,7 +167,7 @@ PackedMatrix PackedMatrix::Pack(const QuantizedMatrix& q) {
                                                    : Decode::kFp4;
   const int cpl = 32 / p.lane_bits_;
   p.words_per_tile_ = q.k / cpl * kTileN;
-  p.codes_.assign(static_cast<size_t>(p.tiles_ * p.words_per_tile_), 0u);
+  p.codes_.assign(static_cast<size_t>(p.tiles_ * p.words_per_tile_ + 2 * kTileN), 0u);
   // Scales and biases in tile order, as float32 first.
   const size_t params = static_cast<size_t>(p.tiles_ * p.groups_ * kTileN);
   std::vector<float> scales(params, 0.0f), biases;
@@ -175,7 +178,7 @@ PackedMatrix PackedMatrix::Pack(const QuantizedMatrix& q) {
     // interleaved scales of block n / 64 (kernel_args.h).
     const int64_t b = n / kBlockStride;
     const int64_t lane = n % kBlockStride;
-    uint32_t* tile = p.codes_.data() + n / kTileN * p.words_per_tile_;
+    uint32_t* tile = p.codes_.data() + kTileN + n / kTileN * p.words_per_tile_;
     const uint32_t* row = q.wq.data() + n * words;
     for (int64_t k = 0; k < q.k; ++k) {
       const uint32_t code = UnpackCode(row, q.params.bits, k);
@@ -228,26 +231,12 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     }
   }
 
-  // Pre-scaled inputs for integer codes masked in place (kernel_args.h),
-  // unless some |x| is small enough for the scaling to lose bits.
+  // The AVX-512 kernel reads integer codes from pre-scaled inputs
+  // (kernel_args.h), unless some |x| is too small to scale exactly.
   const float* x_scaled = nullptr;
-  if (w.decode_ == Decode::kInt) {
-    const int bits = w.lane_bits_;
-    const int cpl = 32 / bits;
-    // 16 factors (cpl divides 16, and 16 divides k): a loop the compiler
-    // vectorises.
-    float factor[16];
-    for (int i = 0; i < 16; ++i) factor[i] = std::ldexp(1.0f, -bits * (i % cpl));
+  if (w.decode_ == Decode::kInt && options.target == SimdTarget::kAvx512) {
     float* buf = Grow(scratch.x_scaled, static_cast<size_t>(rows * k));
-    int tiny = 0;
-    for (int64_t i = 0; i < rows * k; i += 16) {
-      for (int j = 0; j < 16; ++j) {
-        const float v = xf[i + j];
-        tiny |= (std::fabs(v) < 0x1p-96f) & (v != 0.0f);
-        buf[i + j] = v * factor[j];  // exact for |v| >= 2^-96
-      }
-    }
-    if (!tiny) x_scaled = buf;
+    if (kernels::PrescaleAvx512(xf, rows * k, w.lane_bits_, buf)) x_scaled = buf;
   }
 
   // Kernels write whole blocks: straight into y when that fits, else scratch.
@@ -288,7 +277,7 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
       a.x_scaled = x_scaled == nullptr ? nullptr : x_scaled + m * k;
       a.xsum = xsum + m * groups;
       for (int64_t b = range.begin(); b < range.end(); ++b) {
-        a.codes = w.codes_.data() + b * block_words;
+        a.codes = w.codes() + b * block_words;
         a.scales = w.scales_.data() + b * block_param_bytes;
         a.biases = w.biases_.empty() ? nullptr : w.biases_.data() + b * block_param_bytes;
         a.y = ybuf + m * y_stride + b * kBlockStride;

@@ -15,6 +15,7 @@
 #define QLINEAR_CORE_KERNELS_QMM_H_
 
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -79,7 +80,23 @@ class PackedMatrix {
   int64_t n_ = 0, k_ = 0, tiles_ = 0, groups_ = 0, words_per_tile_ = 0;
   int lane_bits_ = 4;
   kernels::Decode decode_ = kernels::Decode::kInt;
-  std::vector<uint32_t> codes_;  // [tiles][k / cpl][16]
+  // 64-byte aligned, so that each word of 16 lanes is one cache line.
+  template <typename T>
+  struct CacheLineAllocator {
+    using value_type = T;
+    CacheLineAllocator() = default;
+    template <typename U>
+    CacheLineAllocator(const CacheLineAllocator<U>&) {}
+    T* allocate(size_t n) {
+      return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
+    }
+    void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
+    bool operator==(const CacheLineAllocator&) const { return true; }
+  };
+  // [tiles][k / cpl][16], with one word of zeros before and after
+  // (kernels may read a few bytes either side of a word: kernel_args.h).
+  std::vector<uint32_t, CacheLineAllocator<uint32_t>> codes_;
+  const uint32_t* codes() const { return codes_.data() + kernels::kTileN; }
   kernels::ScaleType scale_type_ = kernels::ScaleType::kF32;
   // [blocks][groups][4 tiles][16] values of scale_type_, as bytes.
   std::vector<uint8_t> scales_;

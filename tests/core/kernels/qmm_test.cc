@@ -151,18 +151,58 @@ TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
   }
 }
 
+// The AVX-512 kernel reads integer codes against inputs pre-scaled by
+// powers of two, and falls back to shifting codes when some |x| is too
+// small (< 2^-96) to scale exactly: either way the bits are the same, so a
+// row keeps its result when a batch-mate takes the batch down the other path.
+TEST(BatchInvarianceTest, TinyInputsChangeThePathNotTheBits) {
+  const int64_t n = 64, k = 256, rows = 4;
+  for (int bits : {2, 4, 8}) {
+    const QuantParams p{QuantMode::kAffine, bits, 64};
+    const PackedMatrix packed = PackedMatrix::Pack(MakeLayer(p, n, k, 21));
+    std::vector<uint8_t> x = Random(DType::kF32, rows * k, 22);
+    float* xf = reinterpret_cast<float*>(x.data());
+    // Row 2 is tiny throughout (so that bits lost to scaling would show),
+    // with two subnormals.
+    for (int64_t i = 0; i < k; ++i) xf[2 * k + i] *= 0x1p-110f;
+    xf[2 * k + 131] = 0x1.8p-140f;
+    xf[2 * k + 200] = -0x1.8p-140f;
+    tbb::task_arena one(1);
+    std::vector<float> alone(static_cast<size_t>(rows * n));
+    for (int64_t r = 0; r < rows; ++r) {
+      QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
+                      alone.data() + r * n, {.target = SimdTarget::kPortable, .arena = &one});
+    }
+    for (SimdTarget target : Targets()) {
+      std::vector<float> y(static_cast<size_t>(rows * n));
+      QuantizedMatmul(packed, DType::kF32, xf, rows, nullptr, DType::kF32, y.data(),
+                      {.target = target, .arena = &one});
+      EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
+          << p.ToString() << " " << SimdTargetName(target) << ", the batch with the tiny row";
+      for (int64_t r = 0; r < rows; ++r) {
+        QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
+                        y.data() + r * n, {.target = target, .arena = &one});
+      }
+      EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
+          << p.ToString() << " " << SimdTargetName(target) << ", rows alone";
+    }
+  }
+}
+
 // Scales held in 16 bits halve their bytes: a 4096 x 4096 4-bit layer with
-// float16 scales holds 8 MiB of codes and 1 MiB of scales and biases.
+// float16 scales holds 8 MiB of codes and 1 MiB of scales and biases (and a
+// zero word of 64 bytes either side of the codes).
 TEST(PackTest, SixteenBitScalesHalveTheirBytes) {
   const QuantParams p{QuantMode::kAffine, 4, 64};
   const int64_t n = 256, k = 512;
-  const size_t codes = static_cast<size_t>(n * k / 2);
+  const size_t pad = 2 * 64;
+  const size_t codes = static_cast<size_t>(n * k / 2) + pad;
   const size_t groups = static_cast<size_t>(n * k / 64);
   EXPECT_EQ(PackedMatrix::Pack(MakeLayer(p, n, k, 1, DType::kF16)).bytes(), codes + groups * 2 * 2);
   EXPECT_EQ(PackedMatrix::Pack(MakeLayer(p, n, k, 1, DType::kF32)).bytes(), codes + groups * 2 * 4);
   EXPECT_EQ(PackedMatrix::MaxBytes(p, n, k), codes + groups * 2 * 4);
   // N = 65 pads to two blocks of 64 outputs.
-  EXPECT_EQ(PackedMatrix::MaxBytes(p, 65, k), (codes + groups * 2 * 4) / 256 * 128);
+  EXPECT_EQ(PackedMatrix::MaxBytes(p, 65, k), (codes - pad + groups * 2 * 4) / 256 * 128 + pad);
 }
 
 TEST(SimdTargetTest, DefaultIsSupportedAndNamed) {
