@@ -269,8 +269,8 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   auto run_blocks = [&](const tbb::blocked_range<int64_t>& range) {
     TileArgs a = base;
     a.tiles = kBlockTiles;
-    // Row blocks outside, tiles inside: a block of x rows stays in cache
-    // while it meets every tile of the chunk.
+    // Row blocks outside, output blocks inside (one per task, see below):
+    // the block's codes stay in L2 while each 8-row block of x meets them.
     for (int64_t m = 0; m < rows; m += kMaxRows) {
       a.rows = static_cast<int>(std::min<int64_t>(kMaxRows, rows - m));
       a.x = xf + m * k;
