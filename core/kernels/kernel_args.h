@@ -89,6 +89,7 @@ struct TileArgs {
   int lane_bits;  // 2, 4 or 8
   Decode decode;
   ScaleType scale_type;
+  int scale_bytes;  // bytes per scale or bias: 4 for kF32, else 2
 };
 
 // One entry point per target; each handles any valid TileArgs.

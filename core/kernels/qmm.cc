@@ -261,6 +261,7 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   base.codes_stride = w.words_per_tile_;
   base.decode = w.decode_;
   base.scale_type = w.scale_type_;
+  base.scale_bytes = static_cast<int>(w.scale_bytes());
 
   const int64_t blocks = w.tiles_ / kBlockTiles;
   const size_t block_words = static_cast<size_t>(kBlockTiles * w.words_per_tile_);

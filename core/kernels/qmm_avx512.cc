@@ -192,7 +192,7 @@ void ByTiles(const TileArgs& a) {
   while (done < a.tiles) {
     const int left = a.tiles - done;
     part.codes = a.codes + done * a.codes_stride;
-    const int64_t offset = done * kTileN * (a.scale_type == ScaleType::kF32 ? 4 : 2);
+    const int64_t offset = done * kTileN * a.scale_bytes;
     part.scales = static_cast<const char*>(a.scales) + offset;
     part.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
     part.y = a.y + done * kTileN;

@@ -76,7 +76,7 @@ void TileKernelPortable(const TileArgs& a) {
   for (int t = 0; t < a.tiles; ++t) {
     TileArgs one = a;
     one.codes = a.codes + t * a.codes_stride;
-    const int64_t offset = t * kTileN * (a.scale_type == ScaleType::kF32 ? 4 : 2);
+    const int64_t offset = t * kTileN * a.scale_bytes;
     one.scales = static_cast<const char*>(a.scales) + offset;
     one.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
     one.y = a.y + t * kTileN;
