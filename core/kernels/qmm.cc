@@ -1,7 +1,6 @@
 #include "core/kernels/qmm.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -148,8 +147,9 @@ int64_t PaddedTiles(int64_t n) { return (n + kBlockStride - 1) / kBlockStride * 
 
 size_t PackedMatrix::MaxBytes(const QuantParams& params, int64_t n, int64_t k) {
   const size_t outputs = static_cast<size_t>(PaddedTiles(n) * kTileN);
-  // Codes, and the zero word either side of them.
-  const size_t codes = outputs * static_cast<size_t>(k) * LaneBits(params) / 8 + 2 * kTileN * 4;
+  // Codes, and the zero words either side of them.
+  const size_t codes =
+      outputs * static_cast<size_t>(k) * LaneBits(params) / 8 + 2 * kPadWords * 4;
   const size_t group_params = outputs * static_cast<size_t>(params.groups(k));
   return codes + group_params * 4 * (params.has_biases() ? 2 : 1);
 }
@@ -167,7 +167,7 @@ PackedMatrix PackedMatrix::Pack(const QuantizedMatrix& q) {
                                                    : Decode::kFp4;
   const int cpl = 32 / p.lane_bits_;
   p.words_per_tile_ = q.k / cpl * kTileN;
-  p.codes_.assign(static_cast<size_t>(p.tiles_ * p.words_per_tile_ + 2 * kTileN), 0u);
+  p.codes_.assign(static_cast<size_t>(p.tiles_ * p.words_per_tile_ + 2 * kPadWords), 0u);
   // Scales and biases in tile order, as float32 first.
   const size_t params = static_cast<size_t>(p.tiles_ * p.groups_ * kTileN);
   std::vector<float> scales(params, 0.0f), biases;
@@ -178,7 +178,7 @@ PackedMatrix PackedMatrix::Pack(const QuantizedMatrix& q) {
     // interleaved scales of block n / 64 (kernel_args.h).
     const int64_t b = n / kBlockStride;
     const int64_t lane = n % kBlockStride;
-    uint32_t* tile = p.codes_.data() + kTileN + n / kTileN * p.words_per_tile_;
+    uint32_t* tile = p.codes_.data() + kPadWords + n / kTileN * p.words_per_tile_;
     const uint32_t* row = q.wq.data() + n * words;
     for (int64_t k = 0; k < q.k; ++k) {
       const uint32_t code = UnpackCode(row, q.params.bits, k);

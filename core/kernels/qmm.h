@@ -93,10 +93,12 @@ class PackedMatrix {
     void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
     bool operator==(const CacheLineAllocator&) const { return true; }
   };
-  // [tiles][k / cpl][16], with one word of zeros before and after
-  // (kernels may read a few bytes either side of a word: kernel_args.h).
+  // [tiles][k / cpl][16], after kPadWords zero words and before as many
+  // more (kernels may read a few bytes either side of a word:
+  // kernel_args.h).
+  static constexpr int64_t kPadWords = kernels::kTileN;  // one 64-byte word
   std::vector<uint32_t, CacheLineAllocator<uint32_t>> codes_;
-  const uint32_t* codes() const { return codes_.data() + kernels::kTileN; }
+  const uint32_t* codes() const { return codes_.data() + kPadWords; }
   kernels::ScaleType scale_type_ = kernels::ScaleType::kF32;
   // [blocks][groups][4 tiles][16] values of scale_type_, as bytes.
   std::vector<uint8_t> scales_;

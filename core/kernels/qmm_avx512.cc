@@ -118,13 +118,14 @@ void Kernel(const TileArgs& a) {
   // E2M1 values for kFp4; for 4-bit integer codes looked up in 16-bit
   // lanes, the bfloat16 bits of i mod 16 for i < 32.
   const __m512 lut =
-      kScaled ? _mm512_castsi512_ps(_mm512_set_epi16(
-                    0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40E0,
-                    0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000, 0x4170, 0x4160,
-                    0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40E0, 0x40C0, 0x40A0,
-                    0x4080, 0x4040, 0x4000, 0x3F80, 0x0000))
-              : _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f,
-                               -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
+      kScaled && B == 4
+          ? _mm512_castsi512_ps(_mm512_set_epi16(
+                0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40E0, 0x40C0,
+                0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000, 0x4170, 0x4160, 0x4150, 0x4140,
+                0x4130, 0x4120, 0x4110, 0x4100, 0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000,
+                0x3F80, 0x0000))
+          : _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f,
+                           -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
   const float* x[R];
   for (int r = 0; r < R; ++r) x[r] = (kScaled ? a.x_scaled : a.x) + r * a.x_stride;
   const int64_t words_per_group = a.group_size / kCpl;
