@@ -2,14 +2,16 @@
 // OpenBLAS sgemm/sgemv on the dequantized float32 weights, in one run.
 //
 // Names: qmm/<mode>_b<bits>_g<gs>/<f32|f16|bf16>/N<N>_K<K>/M<M>[/cold], and
-// ref/... and sgemm/... carrying the name of the qmm case they stand beside.
+// ref/... and sgemm/... carrying the name of the qmm case they stand beside;
+// read/.../M1/cold reads as many bytes as the cold case's layers, a floor
+// for it.
 // Counters: GFLOPS (2·M·N·K per second) and weight_GBps (bytes of weights +
 // scales + biases per second: as the kernel holds them for qmm/, as MLX
 // stores them for ref/ and sgemm/).
 //
 // The default run covers N=K=4096: every format with f32 x at M ∈ {1, 8, 32,
 // 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256} for every x dtype, the cold
-// (DRAM) M=1 case, the reference at M <= 8 and OpenBLAS beside each. Passing
+// (DRAM) M=1 and M=8 cases with the plain read beside them, the reference at M <= 8 and OpenBLAS beside each. Passing
 // --benchmark_filter also registers N=11008,K=4096 and N=4096,K=11008.
 // Threads: QLINEAR_THREADS (default: all cores).
 #include <cblas.h>
@@ -28,6 +30,9 @@
 #include "core/kernels/qmm.h"
 #include "core/quantize.h"
 #include "core/reference.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+#include "tbb/partitioner.h"
 #include "tbb/task_arena.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -106,6 +111,46 @@ void BM_Qmm(benchmark::State& state, QuantParams p, DType xd, int64_t n, int64_t
   SetCounters(state, m, n, k, layers[0]->packed.bytes());
   state.SetLabel(std::string(SimdTargetName(options.target)) + ", " +
                  std::to_string(Arena().max_concurrency()) + " threads");
+}
+
+// The floor under the cold variant: the same threads, in the same arena,
+// reading as many bytes as one packed layer holds from as many distinct
+// buffers, in as many tasks as the product has blocks of outputs, with no
+// arithmetic beyond a sum. A DRAM-bound product cannot beat it; how close
+// the cold product comes to it shows how well streaming hides behind
+// compute on this host at this moment (its DRAM is shared with others).
+void BM_Read(benchmark::State& state, QuantParams p, int64_t n, int64_t k, int copies) {
+  const size_t bytes = GetLayer(p, n, k).packed.bytes();
+  const size_t words = bytes / 8;
+  const int64_t tasks = (n + kernels::kBlockStride - 1) / kernels::kBlockStride;
+  std::vector<std::vector<uint64_t>> buffers(static_cast<size_t>(copies),
+                                             std::vector<uint64_t>(words, 1));
+  std::vector<uint64_t> sums(static_cast<size_t>(tasks));
+  tbb::task_arena& arena = Arena();
+  size_t i = 0;
+  for (auto _ : state) {
+    const uint64_t* data = buffers[i++ % buffers.size()].data();
+    arena.execute([&] {
+      tbb::parallel_for(
+          tbb::blocked_range<int64_t>(0, tasks, 1),
+          [&](const tbb::blocked_range<int64_t>& range) {
+            for (int64_t t = range.begin(); t < range.end(); ++t) {
+              const size_t begin = words * static_cast<size_t>(t) / static_cast<size_t>(tasks);
+              const size_t end = words * static_cast<size_t>(t + 1) / static_cast<size_t>(tasks);
+              uint64_t sum = 0;
+              for (size_t w = begin; w < end; ++w) sum += data[w];
+              sums[static_cast<size_t>(t)] = sum;
+            }
+          },
+          tbb::simple_partitioner());
+    });
+    benchmark::DoNotOptimize(sums.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["weight_GBps"] = benchmark::Counter(
+      static_cast<double>(bytes) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel("plain read of as many bytes, " + std::to_string(arena.max_concurrency()) +
+                 " threads");
 }
 
 void BM_Ref(benchmark::State& state, QuantParams p, DType xd, int64_t n, int64_t k, int64_t m) {
@@ -193,6 +238,9 @@ void RegisterAll(bool full_grid) {
                                    BM_Qmm, b4, DType::kF32, n, k, m, copies)
           ->Unit(benchmark::kMillisecond)->UseRealTime();
     }
+    benchmark::RegisterBenchmark(("read/" + CaseName(b4, DType::kF32, n, k, 1) + "/cold").c_str(),
+                                 BM_Read, b4, n, k, copies)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
   }
   for (const Case& c : cases) {
     if (c.m > 8 || c.n * c.k > 4096 * 4096) continue;

@@ -4,7 +4,7 @@
 usage: ./build/qlinear_kernel_bench --benchmark_format=json > bench.json
        python3 bench/report.py bench.json
 
-Rows are picked by benchmark name (qmm/..., ref/..., sgemm/...); when
+Rows are picked by benchmark name (qmm/..., ref/..., sgemm/..., read/...); when
 repetitions were run, the median aggregate is used.
 """
 import json
@@ -60,13 +60,15 @@ def main():
         print()
 
     print("### Cold weights (DRAM), affine b4 g64, x f32\n")
-    print("| M | warm ms | cold ms | cold / warm |")
-    print("|---|---|---|---|")
+    print("| M | warm ms | cold ms | cold / warm | plain read of the bytes, ms | cold / read |")
+    print("|---|---|---|---|---|---|")
+    read = get("read/" + base.format(dt="f32", m=1) + "/cold")
     for m in (1, 8):
         w = get("qmm/" + base.format(dt="f32", m=m))
         c = get("qmm/" + base.format(dt="f32", m=m) + "/cold")
         if w and c:
-            print(f"| {m} | {w['ms']:.3f} | {c['ms']:.3f} | {c['ms'] / w['ms']:.2f} |")
+            print(f"| {m} | {w['ms']:.3f} | {c['ms']:.3f} | {c['ms'] / w['ms']:.2f} | "
+                  f"{fmt(read and read['ms'])} | {fmt(read and c['ms'] / read['ms'], '{:.2f}')} |")
     print()
 
     print("### Every format, x f32, N=K=4096\n")
