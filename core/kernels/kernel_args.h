@@ -69,11 +69,11 @@ struct TileArgs {
   const void* scales;     // of scale_type
   const void* biases;     // of scale_type, null for fp modes
   const float* x;         // rows x [k], row stride x_stride
-  // Optional, AVX-512 and Decode::kInt only: x pre-scaled by
-  // PrescaleAvx512, the same strides. Multiplying it by a code masked in
-  // place (q * 2^(lane_bits * i), exact) gives exactly x[k] * q, one
-  // instruction cheaper than shifting. Null when some |x| is so small that
-  // the scaling would lose bits; then the kernel shifts.
+  // Optional, AVX-512 and AVX2, Decode::kInt only: x pre-scaled by
+  // PrescaleAvx512 or PrescaleAvx2, the same strides. Multiplying it by a
+  // code masked in place (q * 2^(lane_bits * i), exact) gives exactly
+  // x[k] * q, one instruction cheaper than shifting. Null when some |x| is
+  // so small that the scaling would lose bits; then the kernel shifts.
   const float* x_scaled;
   const float* xsum;      // rows x [groups], row stride xsum_stride
   float* y;               // rows x [16] at row stride y_stride
@@ -104,6 +104,12 @@ void TileKernelAvx512(const TileArgs& args);
 // (x_scaled unusable) when a nonzero |x| is below 2^-96, where the scaling
 // could lose bits.
 bool PrescaleAvx512(const float* x, int64_t n, int lane_bits, float* x_scaled);
+
+// The same for the AVX2 kernel, which masks every code in place except the
+// last of each word (a signed conversion cannot take a code that reaches
+// bit 31, so it shifts that one down): factor 2^-(lane_bits * (k % cpl)),
+// and 1 for k % cpl == cpl - 1.
+bool PrescaleAvx2(const float* x, int64_t n, int lane_bits, float* x_scaled);
 
 }  // namespace qlinear::kernels
 

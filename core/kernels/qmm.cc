@@ -232,11 +232,17 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   }
 
   // The AVX-512 kernel reads integer codes from pre-scaled inputs
-  // (kernel_args.h), unless some |x| is too small to scale exactly.
+  // (kernel_args.h), and so does the AVX2 kernel for one row (with several
+  // rows it is FMA-bound, and its masks in place measured no faster),
+  // unless some |x| is too small to scale exactly.
   const float* x_scaled = nullptr;
-  if (w.decode_ == Decode::kInt && options.target == SimdTarget::kAvx512) {
+  if (w.decode_ == Decode::kInt && (options.target == SimdTarget::kAvx512 ||
+                                    (options.target == SimdTarget::kAvx2 && rows == 1))) {
     float* buf = Grow(scratch.x_scaled, static_cast<size_t>(rows * k));
-    if (kernels::PrescaleAvx512(xf, rows * k, w.lane_bits_, buf)) x_scaled = buf;
+    const bool ok = options.target == SimdTarget::kAvx512
+                        ? kernels::PrescaleAvx512(xf, rows * k, w.lane_bits_, buf)
+                        : kernels::PrescaleAvx2(xf, rows * k, w.lane_bits_, buf);
+    if (ok) x_scaled = buf;
   }
 
   // Kernels write whole blocks: straight into y when that fits, else scratch.
