@@ -69,8 +69,8 @@ struct TileArgs {
   const void* scales;     // of scale_type
   const void* biases;     // of scale_type, null for fp modes
   const float* x;         // rows x [k], row stride x_stride
-  // Optional, AVX-512 and AVX2, Decode::kInt only: x pre-scaled by
-  // PrescaleAvx512 or PrescaleAvx2, the same strides. Multiplying it by a
+  // Optional, Decode::kInt only, AVX-512 (any rows) or AVX2 (used for one
+  // row): x pre-scaled by PrescaleAvx512 or PrescaleAvx2, the same strides. Multiplying it by a
   // code masked in place (q * 2^(lane_bits * i), exact) gives exactly
   // x[k] * q, one instruction cheaper than shifting. Null when some |x| is
   // so small that the scaling would lose bits; then the kernel shifts.
