@@ -71,21 +71,6 @@ __attribute__((always_inline)) inline void Step(const __m256i* w, const float* c
   }
 }
 
-// One row prefetches each code stream this many words ahead into L2, as the
-// AVX-512 kernel does (see there); past a tile's last word, the next T
-// tiles, which the caller runs next.
-constexpr int kAheadWords = 48;
-
-// The address of word `word` of the first of a call's T tiles, as an
-// integer: words past the tile's last continue with the next T tiles;
-// past the last block they point at nothing (a prefetch never faults),
-// which pointer arithmetic may not do.
-inline uintptr_t WordAddress(const TileArgs& a, int T, int64_t words_per_tile, int64_t word) {
-  const int64_t offset =
-      word < words_per_tile ? word * kTileN : T * a.codes_stride + (word - words_per_tile) * kTileN;
-  return reinterpret_cast<uintptr_t>(a.codes) + static_cast<uintptr_t>(offset) * 4;
-}
-
 // Rows x tiles per call: R * 2T accumulators, 8 of them, independent FMA
 // chains enough to cover the FMA latency; the outputs wait in memory (the
 // compiler keeps what fits), touched once per group.
@@ -116,13 +101,8 @@ void Kernel(const TileArgs& a) {
         w[2 * t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
         w[2 * t + 1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
       }
-      if constexpr (R == 1) {
-        const uintptr_t ahead = WordAddress(a, T, words_per_tile, word + kAheadWords);
-        for (int t = 0; t < T; ++t) {
-          _mm_prefetch(reinterpret_cast<const char*>(ahead + static_cast<uintptr_t>(t * a.codes_stride) * 4),
-                       _MM_HINT_T1);
-        }
-      }
+      // One row prefetches its codes into L2, as the AVX-512 kernel does.
+      if constexpr (R == 1) PrefetchCodes(a, T, words_per_tile, word + kPrefetchAheadWords);
       Step<B, D, kScaled, R, T, 0>(w, x, k, acc, lut_lo, lut_hi);
       k += kCpl;
     }

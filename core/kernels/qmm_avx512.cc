@@ -12,8 +12,8 @@
 // pre-scaled to match), codes in the low half are looked up with vpermw
 // from a load offset by whole bytes (one instruction instead of two;
 // measured 8-10 % faster for one row on Zen 4; several rows mask them).
-// Self-contained on purpose: no inline functions shared with other
-// translation units.
+// Self-contained on purpose: no functions with external linkage shared
+// with other translation units (kernel_args.h's one helper is static).
 #include <immintrin.h>
 
 #include "core/kernels/kernel_args.h"
@@ -109,27 +109,15 @@ __attribute__((always_inline)) inline void Step(const uint32_t* const* p, const 
 // One row streams its weights faster than the hardware prefetchers follow
 // from DRAM while the core computes (each call starts four code streams
 // and two of scales and biases), so it prefetches them into L2: each code
-// stream kAheadWords words (3 KB) ahead, scales and biases two groups
-// ahead. Over a call's last words the addresses run on into the next T
-// tiles, which the caller runs next. Measured on Zen 4 (one row, 2
-// threads, N=K=4096 4-bit, calls alternating in one process with the
-// previous scheme, 8 words ahead into L1): DRAM-cold calls 3-4 % faster,
-// warm ones unchanged (into L1 as well: ~1.5 % slower warm, no faster
-// cold; 16 or 24 words ahead: less gain). Interleaving a block's four
-// tiles word by word, so that a call reads one code stream, was 5-12 %
-// slower cold, and 8 rows read that layout slowly.
-constexpr int kAheadWords = 48;
+// stream kPrefetchAheadWords words (3 KB, kernel_args.h) ahead, scales and
+// biases two groups ahead. Measured on Zen 4 (one row, 2 threads, N=K=4096
+// 4-bit, calls alternating in one process with the previous scheme, 8
+// words ahead into L1): DRAM-cold calls 3-4 % faster, warm ones unchanged
+// (into L1 as well: ~1.5 % slower warm, no faster cold; 16 or 24 words
+// ahead: less gain). Interleaving a block's four tiles word by word, so
+// that a call reads one code stream, was 5-12 % slower cold, and 8 rows
+// read that layout slowly.
 constexpr int kParamAheadGroups = 2;
-
-// The address of word `word` of the first of a call's T tiles, as an
-// integer: words past the tile's last continue with the next T tiles;
-// past the last block they point at nothing (a prefetch never faults),
-// which pointer arithmetic may not do.
-inline uintptr_t WordAddress(const TileArgs& a, int T, int64_t words_per_tile, int64_t word) {
-  const int64_t offset =
-      word < words_per_tile ? word * kTileN : T * a.codes_stride + (word - words_per_tile) * kTileN;
-  return reinterpret_cast<uintptr_t>(a.codes) + static_cast<uintptr_t>(offset) * 4;
-}
 
 template <int B, Decode D, bool kScaled, int R, int T>
 void Kernel(const TileArgs& a) {
@@ -168,11 +156,7 @@ void Kernel(const TileArgs& a) {
         w[t] = _mm512_loadu_si512(p[t]);
       }
       if constexpr (R == 1) {
-        const uintptr_t ahead = WordAddress(a, T, words_per_tile, g * words_per_group + j + kAheadWords);
-        for (int t = 0; t < T; ++t) {
-          _mm_prefetch(reinterpret_cast<const char*>(ahead + static_cast<uintptr_t>(t * a.codes_stride) * 4),
-                       _MM_HINT_T1);
-        }
+        PrefetchCodes(a, T, words_per_tile, g * words_per_group + j + kPrefetchAheadWords);
       }
       codes += kTileN;
       Step<B, D, kScaled, R, T, 0>(p, w, x, k, acc, lut);
@@ -181,13 +165,14 @@ void Kernel(const TileArgs& a) {
     if constexpr (R == 1) {
       // The scales and biases of the group kParamAheadGroups ahead, into L2
       // (past the block's last group: the next block's first).
-      const uintptr_t at = static_cast<uintptr_t>((g + kParamAheadGroups) * kBlockStride * a.scale_bytes);
+      const uintptr_t at =
+          static_cast<uintptr_t>((g + kParamAheadGroups) * kBlockStride * a.scale_bytes);
       for (int line = 0; line < T * kTileN * a.scale_bytes; line += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a.scales) + at + line),
-                     _MM_HINT_T1);
+        const uintptr_t scales = reinterpret_cast<uintptr_t>(a.scales) + at + line;
+        _mm_prefetch(reinterpret_cast<const char*>(scales), _MM_HINT_T1);
         if (a.biases != nullptr) {
-          _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(a.biases) + at + line),
-                       _MM_HINT_T1);
+          const uintptr_t biases = reinterpret_cast<uintptr_t>(a.biases) + at + line;
+          _mm_prefetch(reinterpret_cast<const char*>(biases), _MM_HINT_T1);
         }
       }
     }
