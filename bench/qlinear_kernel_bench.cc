@@ -126,13 +126,23 @@ void BM_Read(benchmark::State& state, QuantParams p, int64_t n, int64_t k, int c
   const size_t bytes = GetLayer(p, n, k).packed.bytes();
   const size_t lines = (bytes + 63) / 64;
   const int64_t tasks = (n + kernels::kBlockStride - 1) / kernels::kBlockStride;
-  std::vector<std::vector<uint64_t>> buffers(static_cast<size_t>(copies),
-                                             std::vector<uint64_t>(lines * kLineWords, 1));
+  // In the same kind of memory as packed weights (huge pages where the OS
+  // gives them: qmm.h).
+  struct Buffer {
+    explicit Buffer(size_t bytes) : bytes(bytes), data(AllocateWeightMemory(bytes)) {
+      std::memset(data, 1, bytes);
+    }
+    ~Buffer() { FreeWeightMemory(data, bytes); }
+    size_t bytes;
+    void* data;
+  };
+  std::vector<std::unique_ptr<Buffer>> buffers;
+  for (int c = 0; c < copies; ++c) buffers.push_back(std::make_unique<Buffer>(lines * 64));
   std::vector<uint64_t> sums(static_cast<size_t>(tasks));
   tbb::task_arena& arena = Arena();
   size_t i = 0;
   for (auto _ : state) {
-    const uint64_t* data = buffers[i++ % buffers.size()].data();
+    const auto* data = static_cast<const uint64_t*>(buffers[i++ % buffers.size()]->data);
     arena.execute([&] {
       tbb::parallel_for(
           tbb::blocked_range<int64_t>(0, tasks, 1),

@@ -1,8 +1,12 @@
 #include "core/kernels/qmm.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "core/half.h"
@@ -91,6 +95,46 @@ std::vector<uint8_t> Narrow(const std::vector<float>& values, kernels::ScaleType
 }
 
 }  // namespace
+
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr std::align_val_t kCacheLine{64};
+
+// The mapping's length: whole OS pages.
+size_t MappedBytes(size_t bytes) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
+}
+
+}  // namespace
+
+void* AllocateWeightMemory(size_t bytes) {
+  if (bytes < kHugePage) return ::operator new(bytes, kCacheLine);
+  const size_t length = MappedBytes(bytes);
+  // One huge page more than needed, then the slack either side unmapped:
+  // the mapping starts on a 2 MiB boundary and ends with the weights, so
+  // that every whole 2 MiB inside may become a huge page and the tail
+  // (in 4 KiB pages) holds nothing unused.
+  void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) throw std::bad_alloc();
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (begin + kHugePage - 1) / kHugePage * kHugePage;
+  const uintptr_t end = begin + length + kHugePage;
+  if (start > begin) munmap(raw, start - begin);
+  if (end > start + length) munmap(reinterpret_cast<void*>(start + length), end - start - length);
+  void* p = reinterpret_cast<void*>(start);
+  // Advice only: without transparent huge pages the memory still works.
+  madvise(p, length, MADV_HUGEPAGE);
+  return p;
+}
+
+void FreeWeightMemory(void* p, size_t bytes) {
+  if (p == nullptr) return;
+  if (bytes < kHugePage) return ::operator delete(p, kCacheLine);
+  munmap(p, MappedBytes(bytes));
+}
 
 absl::string_view SimdTargetName(SimdTarget target) {
   switch (target) {

@@ -14,8 +14,8 @@
 #ifndef QLINEAR_CORE_KERNELS_QMM_H_
 #define QLINEAR_CORE_KERNELS_QMM_H_
 
+#include <cstddef>
 #include <cstdint>
-#include <new>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -46,6 +46,17 @@ struct MatmulOptions {
 };
 
 class PackedMatrix;
+
+// Memory for packed weights, 64-byte aligned. An allocation of 2 MiB or
+// more is its own mapping, starting on a 2 MiB boundary and ending at the
+// next 4 KiB page, and asks the OS for transparent huge pages there
+// (madvise; where the OS gives none, it keeps 4 KiB pages): a one-row
+// product streams its weights across thousands of 4 KiB pages, and their
+// address translations cost DRAM-bound calls time (measured in
+// docs/performance.md). Throws std::bad_alloc when out of memory.
+void* AllocateWeightMemory(size_t bytes);
+// Frees what AllocateWeightMemory(bytes) returned.
+void FreeWeightMemory(void* p, size_t bytes);
 
 // QuantizedMatmul computes y[m, n] = Σ_k x[m, k] w[n, k] (+ bias[n]) for
 // m < rows. x: [rows, w.k()] of x_dtype; y: [rows, w.n()] of y_dtype (F32,
@@ -80,24 +91,23 @@ class PackedMatrix {
   int64_t n_ = 0, k_ = 0, tiles_ = 0, groups_ = 0, words_per_tile_ = 0;
   int lane_bits_ = 4;
   kernels::Decode decode_ = kernels::Decode::kInt;
-  // 64-byte aligned, so that each word of 16 lanes is one cache line.
+  // From AllocateWeightMemory: each word of 16 lanes is one cache line, and
+  // large matrices sit on huge pages.
   template <typename T>
-  struct CacheLineAllocator {
+  struct WeightAllocator {
     using value_type = T;
-    CacheLineAllocator() = default;
+    WeightAllocator() = default;
     template <typename U>
-    CacheLineAllocator(const CacheLineAllocator<U>&) {}
-    T* allocate(size_t n) {
-      return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
-    }
-    void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
-    bool operator==(const CacheLineAllocator&) const { return true; }
+    WeightAllocator(const WeightAllocator<U>&) {}
+    T* allocate(size_t n) { return static_cast<T*>(AllocateWeightMemory(n * sizeof(T))); }
+    void deallocate(T* p, size_t n) { FreeWeightMemory(p, n * sizeof(T)); }
+    bool operator==(const WeightAllocator&) const { return true; }
   };
   // [tiles][k / cpl][16], after kPadWords zero words and before as many
   // more (kernels may read a few bytes either side of a word:
   // kernel_args.h).
   static constexpr int64_t kPadWords = kernels::kTileN;  // one 64-byte word
-  std::vector<uint32_t, CacheLineAllocator<uint32_t>> codes_;
+  std::vector<uint32_t, WeightAllocator<uint32_t>> codes_;
   const uint32_t* codes() const { return codes_.data() + kPadWords; }
   kernels::ScaleType scale_type_ = kernels::ScaleType::kF32;
   // [blocks][groups][4 tiles][16] values of scale_type_, as bytes.

@@ -2,6 +2,9 @@
 // target this machine can run, plus batch invariance and determinism.
 #include "core/kernels/qmm.h"
 
+#include <sys/mman.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -203,6 +206,65 @@ TEST(PackTest, SixteenBitScalesHalveTheirBytes) {
   EXPECT_EQ(PackedMatrix::MaxBytes(p, n, k), codes + groups * 2 * 4);
   // N = 65 pads to two blocks of 64 outputs.
   EXPECT_EQ(PackedMatrix::MaxBytes(p, 65, k), (codes - pad + groups * 2 * 4) / 256 * 128 + pad);
+}
+
+// Small allocations come from the heap, cache-line aligned; large ones are
+// their own mapping, from a 2 MiB boundary to the page that holds their
+// last byte.
+TEST(WeightMemoryTest, LargeAllocationsAreExactHugePageAlignedMappings) {
+  void* small = AllocateWeightMemory(1000);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small) % 64, 0u);
+  std::memset(small, 7, 1000);
+  FreeWeightMemory(small, 1000);
+
+  const size_t bytes = (size_t{2} << 20) * 2 + 12345;
+  auto* large = static_cast<unsigned char*>(AllocateWeightMemory(bytes));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(large);
+  EXPECT_EQ(start % (size_t{2} << 20), 0u);
+  large[0] = 1;
+  large[bytes - 1] = 2;
+  EXPECT_EQ(large[0] + large[bytes - 1], 3);
+  // Mapped from start to the page that holds the last byte, and the page
+  // after it not (the slack unmapped; nothing else maps between here and
+  // the allocation): mincore fails with ENOMEM on unmapped pages.
+  const size_t length = (bytes + 4095) / 4096 * 4096;
+  std::vector<unsigned char> resident(length / 4096 + 1);
+  EXPECT_EQ(mincore(large, length, resident.data()), 0);
+  errno = 0;
+  EXPECT_EQ(mincore(large + length, 4096, resident.data()), -1);
+  EXPECT_EQ(errno, ENOMEM);
+  FreeWeightMemory(large, bytes);
+}
+
+// A layer whose codes take more than 2 MiB (so they live in their own
+// mapping) computes the same as the reference on every target.
+TEST(WeightMemoryTest, LargeLayersMatchTheReference) {
+  const QuantParams p{QuantMode::kAffine, 4, 64};
+  const int64_t n = 1100, k = 4096, m = 3;
+  const QuantizedMatrix q = MakeLayer(p, n, k, 3);
+  const PackedMatrix packed = PackedMatrix::Pack(q);
+  ASSERT_GT(packed.bytes(), size_t{2} << 20);
+  const std::vector<uint8_t> x = Random(DType::kF32, m * k, 4);
+  std::vector<double> ref(static_cast<size_t>(m * n));
+  ReferenceForwardDouble(q, DType::kF32, x.data(), m, nullptr, ref.data());
+  std::vector<float> dq(static_cast<size_t>(n * k));
+  Dequantize(q, DType::kF32, dq.data());
+  const auto* xf = reinterpret_cast<const float*>(x.data());
+  for (SimdTarget target : Targets()) {
+    std::vector<float> y(static_cast<size_t>(m * n));
+    QuantizedMatmul(packed, DType::kF32, x.data(), m, nullptr, DType::kF32, y.data(),
+                    {.target = target});
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        double mag = 0;
+        for (int64_t c = 0; c < k; ++c) {
+          mag += std::abs(static_cast<double>(xf[i * k + c]) * dq[static_cast<size_t>(j * k + c)]);
+        }
+        const size_t o = static_cast<size_t>(i * n + j);
+        ASSERT_LE(std::abs(y[o] - ref[o]), 1e-6 * mag) << SimdTargetName(target) << " at " << i << "," << j;
+      }
+    }
+  }
 }
 
 TEST(SimdTargetTest, DefaultIsSupportedAndNamed) {
