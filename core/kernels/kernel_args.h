@@ -99,14 +99,18 @@ struct TileArgs {
 // A one-row call streams its codes from memory faster than the hardware
 // prefetchers follow while the core computes, so the AVX-512 and AVX2
 // kernels prefetch each of the call's code streams this many words (3 KB)
-// ahead into L2 (measurements: qmm_avx512.cc).
+// ahead into L2, and the AVX-512 kernel also kPrefetchL1AheadWords ahead
+// into L1 (measurements: qmm_avx512.cc).
 constexpr int kPrefetchAheadWords = 48;
+constexpr int kPrefetchL1AheadWords = 6;
 
-// Prefetches into L2 word `word` of each of a call's `tiles` tiles; words
-// past a tile's last (words_per_tile) continue with the next `tiles`
-// tiles, which the caller runs next. The addresses are integers: past the
-// last block they point at nothing (a prefetch never faults), which
-// pointer arithmetic may not do.
+// Prefetches word `word` of each of a call's `tiles` tiles, into L2
+// (kLocality 2: prefetcht1 on x86) or L1 (3: prefetcht0); words past a
+// tile's last (words_per_tile) continue with the next `tiles` tiles, which
+// the caller runs next. The addresses are integers: past the last block
+// they point at nothing (a prefetch never faults), which pointer
+// arithmetic may not do.
+template <int kLocality>
 static inline void PrefetchCodes(const TileArgs& a, int tiles, int64_t words_per_tile,
                                  int64_t word) {
   const int64_t offset = word < words_per_tile
@@ -114,9 +118,9 @@ static inline void PrefetchCodes(const TileArgs& a, int tiles, int64_t words_per
                              : tiles * a.codes_stride + (word - words_per_tile) * kTileN;
   const uintptr_t first = reinterpret_cast<uintptr_t>(a.codes) + static_cast<uintptr_t>(offset) * 4;
   for (int t = 0; t < tiles; ++t) {
-    // Read, locality 2: prefetcht1 on x86 (into L2).
     __builtin_prefetch(
-        reinterpret_cast<const void*>(first + static_cast<uintptr_t>(t * a.codes_stride) * 4), 0, 2);
+        reinterpret_cast<const void*>(first + static_cast<uintptr_t>(t * a.codes_stride) * 4), 0,
+        kLocality);
   }
 }
 

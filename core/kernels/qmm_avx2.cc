@@ -102,7 +102,7 @@ void Kernel(const TileArgs& a) {
         w[2 * t + 1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
       }
       // One row prefetches its codes into L2, as the AVX-512 kernel does.
-      if constexpr (R == 1) PrefetchCodes(a, T, words_per_tile, word + kPrefetchAheadWords);
+      if constexpr (R == 1) PrefetchCodes<2>(a, T, words_per_tile, word + kPrefetchAheadWords);
       Step<B, D, kScaled, R, T, 0>(w, x, k, acc, lut_lo, lut_hi);
       k += kCpl;
     }

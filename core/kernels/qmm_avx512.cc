@@ -113,8 +113,12 @@ __attribute__((always_inline)) inline void Step(const uint32_t* const* p, const 
 // biases two groups ahead. Measured on Zen 4 (one row, 2 threads, N=K=4096
 // 4-bit, calls alternating in one process with the previous scheme, 8
 // words ahead into L1): DRAM-cold calls 3-4 % faster, warm ones unchanged
-// (into L1 as well: ~1.5 % slower warm, no faster cold; 16 or 24 words
-// ahead: less gain). Interleaving a block's four tiles word by word, so
+// (16 or 24 words ahead: less gain). With the codes on huge pages (qmm.h),
+// each stream is also prefetched kPrefetchL1AheadWords (6) words ahead
+// into L1: cold calls 4-7 % faster with 2 threads and 5-8 % with one, warm
+// within 1-2 % (4, 8 or 12 words ahead: about as good; into L1 alone: no
+// gain; on 4 KiB pages, before, L1 as well as L2 gained nothing cold).
+// Interleaving a block's four tiles word by word, so
 // that a call reads one code stream, was 5-12 % slower cold, and 8 rows
 // read that layout slowly.
 constexpr int kParamAheadGroups = 2;
@@ -156,7 +160,9 @@ void Kernel(const TileArgs& a) {
         w[t] = _mm512_loadu_si512(p[t]);
       }
       if constexpr (R == 1) {
-        PrefetchCodes(a, T, words_per_tile, g * words_per_group + j + kPrefetchAheadWords);
+        const int64_t word = g * words_per_group + j;
+        PrefetchCodes<2>(a, T, words_per_tile, word + kPrefetchAheadWords);
+        PrefetchCodes<3>(a, T, words_per_tile, word + kPrefetchL1AheadWords);
       }
       codes += kTileN;
       Step<B, D, kScaled, R, T, 0>(p, w, x, k, acc, lut);
