@@ -94,10 +94,6 @@ std::vector<uint8_t> Narrow(const std::vector<float>& values, kernels::ScaleType
   return out;
 }
 
-}  // namespace
-
-namespace {
-
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr std::align_val_t kCacheLine{64};
 

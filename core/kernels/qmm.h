@@ -47,13 +47,14 @@ struct MatmulOptions {
 
 class PackedMatrix;
 
-// Memory for packed weights, 64-byte aligned. An allocation of 2 MiB or
-// more is its own mapping, starting on a 2 MiB boundary and ending at the
-// next 4 KiB page, and asks the OS for transparent huge pages there
-// (madvise; where the OS gives none, it keeps 4 KiB pages): a one-row
-// product streams its weights across thousands of 4 KiB pages, and their
-// address translations cost DRAM-bound calls time (measured in
-// docs/performance.md). Throws std::bad_alloc when out of memory.
+// Memory for packed weights, at least 64-byte aligned. An allocation of
+// 2 MiB or more is its own mapping, from a 2 MiB boundary to the end of
+// the OS page that holds its last byte, and asks the OS for transparent
+// huge pages there (madvise; where the OS gives none, it keeps 4 KiB
+// pages): a one-row product streams its weights across thousands of 4 KiB
+// pages, and their address translations cost DRAM-bound calls time
+// (measured in docs/performance.md). Throws std::bad_alloc when out of
+// memory.
 void* AllocateWeightMemory(size_t bytes);
 // Frees what AllocateWeightMemory(bytes) returned.
 void FreeWeightMemory(void* p, size_t bytes);

@@ -118,9 +118,8 @@ __attribute__((always_inline)) inline void Step(const uint32_t* const* p, const 
 // into L1: cold calls 4-7 % faster with 2 threads and 5-8 % with one, warm
 // within 1-2 % (4, 8 or 12 words ahead: about as good; into L1 alone: no
 // gain; on 4 KiB pages, before, L1 as well as L2 gained nothing cold).
-// Interleaving a block's four tiles word by word, so
-// that a call reads one code stream, was 5-12 % slower cold, and 8 rows
-// read that layout slowly.
+// Interleaving a block's four tiles word by word, so that a call reads one
+// code stream, was 5-12 % slower cold, and 8 rows read that layout slowly.
 constexpr int kParamAheadGroups = 2;
 
 template <int B, Decode D, bool kScaled, int R, int T>

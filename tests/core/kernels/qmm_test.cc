@@ -3,6 +3,7 @@
 #include "core/kernels/qmm.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
@@ -227,11 +228,12 @@ TEST(WeightMemoryTest, LargeAllocationsAreExactHugePageAlignedMappings) {
   // Mapped from start to the page that holds the last byte, and the page
   // after it not (the slack unmapped; nothing else maps between here and
   // the allocation): mincore fails with ENOMEM on unmapped pages.
-  const size_t length = (bytes + 4095) / 4096 * 4096;
-  std::vector<unsigned char> resident(length / 4096 + 1);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t length = (bytes + page - 1) / page * page;
+  std::vector<unsigned char> resident(length / page + 1);
   EXPECT_EQ(mincore(large, length, resident.data()), 0);
   errno = 0;
-  EXPECT_EQ(mincore(large + length, 4096, resident.data()), -1);
+  EXPECT_EQ(mincore(large + length, page, resident.data()), -1);
   EXPECT_EQ(errno, ENOMEM);
   FreeWeightMemory(large, bytes);
 }
