@@ -32,8 +32,8 @@
 // This header is included by translation units compiled for different
 // instruction sets: it must stay free of functions with external linkage
 // defined here (the linker could keep one unit's copy, compiled with
-// AVX-512, for all). The one helper below is `static`: each unit keeps
-// its own copy, compiled for its own target.
+// AVX-512, for all). The helpers below are `static`: each unit keeps its
+// own copies, compiled for its own target.
 #ifndef QLINEAR_CORE_KERNELS_KERNEL_ARGS_H_
 #define QLINEAR_CORE_KERNELS_KERNEL_ARGS_H_
 
@@ -95,6 +95,30 @@ struct TileArgs {
   ScaleType scale_type;
   int scale_bytes;  // bytes per scale or bias: 4 for kF32, else 2
 };
+
+// The arguments of the same call from tile `first` of its block on, and
+// from row `first` on: how a kernel splits a call into its register
+// blocks.
+static inline TileArgs FromTile(const TileArgs& a, int first) {
+  TileArgs part = a;
+  part.codes = a.codes + first * a.codes_stride;
+  const int64_t offset = first * kTileN * a.scale_bytes;
+  part.scales = static_cast<const char*>(a.scales) + offset;
+  part.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
+  part.y = a.y + first * kTileN;
+  part.tiles = a.tiles - first;
+  return part;
+}
+
+static inline TileArgs FromRow(const TileArgs& a, int first) {
+  TileArgs part = a;
+  part.x = a.x + first * a.x_stride;
+  part.x_scaled = a.x_scaled == nullptr ? nullptr : a.x_scaled + first * a.x_stride;
+  part.xsum = a.xsum + first * a.xsum_stride;
+  part.y = a.y + first * a.y_stride;
+  part.rows = a.rows - first;
+  return part;
+}
 
 // A one-row call streams its codes from memory faster than the hardware
 // prefetchers follow while the core computes, so the AVX-512 and AVX2

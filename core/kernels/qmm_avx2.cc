@@ -133,13 +133,8 @@ template <int B, Decode D, bool kScaled, int R>
 void ByTiles(const TileArgs& a) {
   constexpr int kT = D == Decode::kFp4 ? 1 : R == 1 ? 4 : R == 2 ? 2 : 1;
   int done = 0;
-  TileArgs part = a;
   while (done < a.tiles) {
-    part.codes = a.codes + done * a.codes_stride;
-    const int64_t offset = done * kTileN * a.scale_bytes;
-    part.scales = static_cast<const char*>(a.scales) + offset;
-    part.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
-    part.y = a.y + done * kTileN;
+    const TileArgs part = FromTile(a, done);
     const int left = a.tiles - done;
     if (left >= kT) {
       Kernel<B, D, kScaled && R == 1, R, kT>(part);
@@ -158,11 +153,7 @@ template <int B, Decode D, bool kScaled>
 void ByRows(const TileArgs& a) {
   int done = 0;
   while (done < a.rows) {
-    TileArgs part = a;
-    part.x = a.x + done * a.x_stride;
-    part.x_scaled = a.x_scaled == nullptr ? nullptr : a.x_scaled + done * a.x_stride;
-    part.xsum = a.xsum + done * a.xsum_stride;
-    part.y = a.y + done * a.y_stride;
+    const TileArgs part = FromRow(a, done);
     const int left = a.rows - done;
     if (left >= 4 && D != Decode::kFp4) {
       ByTiles<B, D, kScaled, 4>(part);
