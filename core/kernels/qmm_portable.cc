@@ -73,15 +73,7 @@ static void OneTile(const TileArgs& a) {
 }
 
 void TileKernelPortable(const TileArgs& a) {
-  for (int t = 0; t < a.tiles; ++t) {
-    TileArgs one = a;
-    one.codes = a.codes + t * a.codes_stride;
-    const int64_t offset = t * kTileN * a.scale_bytes;
-    one.scales = static_cast<const char*>(a.scales) + offset;
-    one.biases = a.biases == nullptr ? nullptr : static_cast<const char*>(a.biases) + offset;
-    one.y = a.y + t * kTileN;
-    OneTile(one);
-  }
+  for (int t = 0; t < a.tiles; ++t) OneTile(FromTile(a, t));
 }
 
 }  // namespace qlinear::kernels
