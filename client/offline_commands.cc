@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/command.h"
+#include "core/checkpoint.h"
 #include "core/flags.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
@@ -32,17 +33,37 @@ std::set<std::string> With(std::set<std::string> a, const std::set<std::string>&
   return a;
 }
 
-TensorToWrite CopyOf(const SafetensorsFile& file, const TensorInfo& t) {
-  return {t.name, t.dtype, t.shape, file.Data(t)};
-}
-
 std::string ShapeOf(int64_t n, int64_t k) { return absl::StrCat("[", n, ", ", k, "]"); }
 
 }  // namespace
 
+// OpenCheckpoint opens a file or folder through the one reader and prints
+// its warnings and skipped tensors the same way for every command.
+static absl::StatusOr<std::unique_ptr<Checkpoint>> OpenCheckpoint(const Command& cmd,
+                                                           const std::string& path,
+                                                           const CheckpointOptions& options,
+                                                           const char* skipped_verb) {
+  auto checkpoint = Checkpoint::Open(path, options);
+  if (!checkpoint.ok()) return checkpoint.status();
+  for (const std::string& w : (*checkpoint)->warnings()) {
+    std::fprintf(stderr, "qlinear %s: warning: %s\n", cmd.name, w.c_str());
+  }
+  for (const SkippedTensor& t : (*checkpoint)->skipped()) {
+    const TensorInfo* info = (*checkpoint)->Find(t.tensor);
+    std::fprintf(stderr, "qlinear %s: warning: '%s' %s %s %s: %s\n", cmd.name, t.tensor.c_str(),
+                 info->ShapeString().c_str(), std::string(DTypeName(info->dtype)).c_str(),
+                 skipped_verb, t.reason.c_str());
+  }
+  return checkpoint;
+}
+
+static TensorToWrite CopyOf(const Checkpoint& c, const TensorInfo& t) {
+  return {t.name, t.dtype, t.shape, c.Data(t)};
+}
+
 int RunQuantize(int argc, char** argv) {
   const Command cmd{"quantize",
-                    "--in IN.safetensors --out OUT.safetensors [--bits B] "
+                    "--in IN.safetensors|FOLDER --out OUT.safetensors [--bits B] "
                     "[--group-size G] [--mode affine|mxfp4|mxfp8|nvfp4]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"in", "out"}, kParamFlags), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
@@ -57,61 +78,45 @@ int RunQuantize(int argc, char** argv) {
   auto params = MakeQuantParams(*overrides);
   if (!params.ok()) return cmd.Usage(params.status().message());
 
-  auto file = SafetensorsFile::Open(*in);
-  if (!file.ok()) return cmd.Fail(file.status());
-
-  // Layers that are already quantized are copied as they are; the output's
-  // metadata must keep saying how, or they would be read with the new flags.
+  // Layers that are already quantized are resolved from the file alone and
+  // copied as they are; the output's metadata must keep saying how, or they
+  // would be read with the new flags.
+  CheckpointOptions options;
+  options.float_params = *params;
+  auto checkpoint = OpenCheckpoint(cmd, *in, options, "copied unquantized");
+  if (!checkpoint.ok()) return cmd.Fail(checkpoint.status());
+  const Checkpoint& c = **checkpoint;
   std::map<std::string, QuantParams> existing;
-  const std::vector<std::string> already = FindQuantizedLayers(**file);
-  if (!already.empty()) {
-    auto sources = QuantizationSources::Load(*in, **file, {});
-    if (!sources.ok()) return cmd.Fail(sources.status());
-    for (const std::string& layer : already) {
-      auto p = ResolveLayerParams(**file, layer, *sources);
-      if (!p.ok()) return cmd.Fail(p.status());
-      existing[layer] = *p;
+  std::map<const TensorInfo*, const CheckpointLayer*> to_quantize;
+  for (const CheckpointLayer& layer : c.layers()) {
+    if (layer.quantized) {
+      existing[layer.name] = layer.params;
       std::fprintf(stderr, "qlinear quantize: note: '%s' is already quantized (%s); copied\n",
-                   layer.c_str(), p->ToString().c_str());
+                   layer.name.c_str(), layer.params.ToString().c_str());
+    } else {
+      to_quantize[layer.weight] = &layer;
     }
   }
-
-  std::map<const TensorInfo*, FloatWeight> weights;
-  for (FloatWeight& w : FindFloatWeights(**file, *params)) weights[w.tensor] = std::move(w);
-  std::deque<QuantizedMatrix> quantized;  // stable addresses for the views
+  std::deque<LoadedLayer> quantized;  // stable addresses for the views
   std::vector<TensorToWrite> tensors;
-  for (const TensorInfo& t : (*file)->tensors()) {
-    auto it = weights.find(&t);
-    if (it == weights.end()) {
-      tensors.push_back(CopyOf(**file, t));
+  for (const TensorInfo* t : c.tensors()) {
+    auto it = to_quantize.find(t);
+    if (it == to_quantize.end()) {
+      tensors.push_back(CopyOf(c, *t));
       continue;
     }
-    const FloatWeight& w = it->second;
-    if (!w.skip_reason.empty()) {
-      std::fprintf(stderr, "qlinear quantize: warning: '%s' %s %s copied unquantized: %s\n",
-                   t.name.c_str(), t.ShapeString().c_str(), std::string(DTypeName(t.dtype)).c_str(),
-                   w.skip_reason.c_str());
-      tensors.push_back(CopyOf(**file, t));
-      continue;
-    }
-    const int64_t n = t.shape[0];
-    const int64_t k = t.shape[1];
-    auto data = (*file)->Data(t);
-    auto q = Quantize(*params, t.dtype, data.data(), n, k);
-    if (!q.ok()) {
-      return cmd.Fail(absl::InvalidArgumentError(
-          absl::StrCat("tensor '", t.name, "': ", q.status().message())));
-    }
-    const ErrorReport report = ComputeErrorReport(*q, t.dtype, data.data());
-    std::printf("%s: %s %s -> %s  %s\n", w.layer.c_str(), ShapeOf(n, k).c_str(),
-                std::string(DTypeName(t.dtype)).c_str(),
-                params->ToString().c_str(), report.ToString().c_str());
-    quantized.push_back(*std::move(q));
-    for (TensorToWrite& out : QuantizedTensors(w.layer, quantized.back())) {
-      tensors.push_back(std::move(out));
+    const CheckpointLayer& layer = *it->second;
+    auto loaded = c.Load(layer);
+    if (!loaded.ok()) return cmd.Fail(loaded.status());
+    std::printf("%s: %s %s -> %s  %s\n", layer.name.c_str(), ShapeOf(layer.n, layer.k).c_str(),
+                std::string(DTypeName(t->dtype)).c_str(), params->ToString().c_str(),
+                loaded->report->ToString().c_str());
+    quantized.push_back(*std::move(loaded));
+    for (TensorToWrite& w : QuantizedTensors(layer.name, quantized.back().q)) {
+      tensors.push_back(std::move(w));
     }
   }
-  std::map<std::string, std::string> metadata = (*file)->metadata();
+  std::map<std::string, std::string> metadata = c.metadata();
   metadata["format"] = "mlx";
   metadata["quantization"] = QuantizationConfig::ToJson(*params, existing);
   absl::Status written = WriteSafetensors(*out, tensors, metadata);
@@ -123,7 +128,7 @@ int RunQuantize(int argc, char** argv) {
 
 int RunDequantize(int argc, char** argv) {
   const Command cmd{"dequantize",
-                    "--in Q.safetensors --out F.safetensors [--dtype f32|f16|bf16] "
+                    "--in Q.safetensors|FOLDER --out F.safetensors [--dtype f32|f16|bf16] "
                     "[--bits B] [--group-size G] [--mode M]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"in", "out", "dtype"}, kParamFlags), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
@@ -142,37 +147,36 @@ int RunDequantize(int argc, char** argv) {
       return cmd.Usage(absl::StrCat("--dtype must be f32, f16 or bf16; got '", *d, "'"));
     }
   }
-
-  auto file = SafetensorsFile::Open(*in);
-  if (!file.ok()) return cmd.Fail(file.status());
-  auto sources = QuantizationSources::Load(*in, **file, *overrides);
-  if (!sources.ok()) return cmd.Fail(sources.status());
+  CheckpointOptions options;
+  options.overrides = *overrides;
+  auto checkpoint = Checkpoint::Open(*in, options);
+  if (!checkpoint.ok()) return cmd.Fail(checkpoint.status());
+  const Checkpoint& c = **checkpoint;
 
   std::set<std::string> consumed;
   std::deque<std::vector<uint8_t>> buffers;
   std::vector<TensorToWrite> tensors;
-  for (const std::string& layer : FindQuantizedLayers(**file)) {
-    auto params = ResolveLayerParams(**file, layer, *sources);
-    if (!params.ok()) return cmd.Fail(params.status());
-    auto q = LoadQuantizedLayer(**file, layer, *params);
-    if (!q.ok()) return cmd.Fail(q.status());
-    const DType dtype = out_dtype.value_or(
-        params->has_biases() ? q->dtype : DType::kBF16);
-    buffers.emplace_back(static_cast<size_t>(q->n * q->k) * DTypeSize(dtype));
-    Dequantize(*q, dtype, buffers.back().data());
-    tensors.push_back({layer + ".weight", dtype, {q->n, q->k},
+  for (const CheckpointLayer& layer : c.layers()) {
+    if (!layer.quantized) continue;  // float weights are copied as they are
+    auto loaded = c.Load(layer);
+    if (!loaded.ok()) return cmd.Fail(loaded.status());
+    const QuantizedMatrix& q = loaded->q;
+    const DType dtype = out_dtype.value_or(layer.params.has_biases() ? q.dtype : DType::kBF16);
+    buffers.emplace_back(static_cast<size_t>(q.n * q.k) * DTypeSize(dtype));
+    Dequantize(q, dtype, buffers.back().data());
+    tensors.push_back({layer.name + ".weight", dtype, {q.n, q.k},
                        absl::MakeConstSpan(buffers.back())});
     for (const char* suffix : {".weight", ".scales", ".biases"}) {
-      consumed.insert(layer + suffix);
+      consumed.insert(layer.name + suffix);
     }
-    std::printf("%s: %s %s -> %s %s\n", layer.c_str(), ShapeOf(q->n, q->k).c_str(),
-                params->ToString().c_str(), std::string(DTypeName(dtype)).c_str(),
-                ShapeOf(q->n, q->k).c_str());
+    std::printf("%s: %s %s -> %s %s\n", layer.name.c_str(), ShapeOf(q.n, q.k).c_str(),
+                layer.params.ToString().c_str(), std::string(DTypeName(dtype)).c_str(),
+                ShapeOf(q.n, q.k).c_str());
   }
-  for (const TensorInfo& t : (*file)->tensors()) {
-    if (!consumed.count(t.name)) tensors.push_back(CopyOf(**file, t));
+  for (const TensorInfo* t : c.tensors()) {
+    if (!consumed.count(t->name)) tensors.push_back(CopyOf(c, *t));
   }
-  std::map<std::string, std::string> metadata = (*file)->metadata();
+  std::map<std::string, std::string> metadata = c.metadata();
   metadata.erase("quantization");
   absl::Status written = WriteSafetensors(*out, tensors, metadata);
   if (!written.ok()) return cmd.Fail(written);
@@ -182,46 +186,45 @@ int RunDequantize(int argc, char** argv) {
 }
 
 int RunInspect(int argc, char** argv) {
-  const Command cmd{"inspect", "FILE.safetensors [--bits B] [--group-size G] [--mode M]"};
+  const Command cmd{"inspect", "FILE.safetensors|FOLDER [--bits B] [--group-size G] [--mode M]"};
   auto flags = Flags::Parse(argc, argv, 2, kParamFlags, {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
-  if (flags->positional().size() != 1) return cmd.Usage("expected exactly one FILE");
+  if (flags->positional().size() != 1) return cmd.Usage("expected exactly one FILE or FOLDER");
   const std::string path = flags->positional()[0];
   auto overrides = ParseQuantFlags(*flags);
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
-  auto file = SafetensorsFile::Open(path);
-  if (!file.ok()) return cmd.Fail(file.status());
-  auto sources = QuantizationSources::Load(path, **file, *overrides);
-  if (!sources.ok()) return cmd.Fail(sources.status());
+  CheckpointOptions options;
+  options.overrides = *overrides;
+  auto checkpoint = OpenCheckpoint(cmd, path, options, "would not be served");
+  if (!checkpoint.ok()) return cmd.Fail(checkpoint.status());
+  const Checkpoint& c = **checkpoint;
 
   size_t bytes = 0;
-  for (const TensorInfo& t : (*file)->tensors()) bytes += t.size;
-  std::printf("%s: %zu tensors, %zu bytes of data\n", path.c_str(),
-              (*file)->tensors().size(), bytes);
-  for (const auto& [key, value] : (*file)->metadata()) {
+  for (const TensorInfo* t : c.tensors()) bytes += t->size;
+  std::printf("%s: %zu tensors, %zu bytes of data%s\n", path.c_str(), c.tensors().size(), bytes,
+              c.is_folder() ? absl::StrCat(", ", c.files().size(), " files").c_str() : "");
+  for (const auto& [key, value] : c.metadata()) {
     std::printf("  metadata %s = %s\n", key.c_str(), value.c_str());
   }
   std::printf("%-48s %-6s %s\n", "tensor", "dtype", "shape");
-  for (const TensorInfo& t : (*file)->tensors()) {
-    std::printf("%-48s %-6s %s\n", t.name.c_str(),
-                std::string(DTypeName(t.dtype)).c_str(), t.ShapeString().c_str());
-  }
-  const std::vector<std::string> layers = FindQuantizedLayers(**file);
-  std::printf("quantized layers: %zu\n", layers.size());
-  for (const std::string& layer : layers) {
-    auto params = ResolveLayerParams(**file, layer, *sources);
-    if (!params.ok()) {
-      std::printf("  %s: unresolved: %s\n", layer.c_str(),
-                  std::string(params.status().message()).c_str());
-      continue;
+  for (const TensorInfo* t : c.tensors()) {
+    std::string where;
+    if (c.is_folder()) {
+      const std::string& file = c.FileOf(*t);
+      where = "  " + file.substr(file.find_last_of('/') + 1);
     }
-    const TensorInfo* w = (*file)->Find(layer + ".weight");
-    const TensorInfo* s = (*file)->Find(layer + ".scales");
-    std::printf("  %s: N=%lld K=%lld %s scales %s%s\n", layer.c_str(),
-                static_cast<long long>(w->shape[0]),
-                static_cast<long long>(w->shape[1] * 32 / params->bits),
-                params->ToString().c_str(), std::string(DTypeName(s->dtype)).c_str(),
-                (*file)->Find(layer + ".bias") ? " +bias" : "");
+    std::printf("%-48s %-6s %s%s\n", t->name.c_str(), std::string(DTypeName(t->dtype)).c_str(),
+                t->ShapeString().c_str(), where.c_str());
+  }
+  size_t quantized = 0;
+  for (const CheckpointLayer& layer : c.layers()) quantized += layer.quantized;
+  std::printf("quantized layers: %zu\n", quantized);
+  for (const CheckpointLayer& layer : c.layers()) {
+    if (!layer.quantized) continue;
+    std::printf("  %s: N=%lld K=%lld %s scales %s%s\n", layer.name.c_str(),
+                static_cast<long long>(layer.n), static_cast<long long>(layer.k),
+                layer.params.ToString().c_str(),
+                std::string(DTypeName(layer.scales->dtype)).c_str(), layer.bias ? " +bias" : "");
   }
   return 0;
 }

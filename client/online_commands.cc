@@ -15,6 +15,7 @@
 #include "client/client.h"
 #include "client/command.h"
 #include "client/npy.h"
+#include "core/checkpoint.h"
 #include "core/flags.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
@@ -54,6 +55,10 @@ std::string Describe(const v1::LayerInfo& l) {
                                   absl::AsciiStrToLower(v1::Mode_Name(l.spec().mode())),
                                   l.spec().bits(), l.spec().group_size(), l.version(),
                                   l.bytes_held(), l.has_bias() ? ", bias" : "");
+  if (l.origin().kind() != v1::ORIGIN_UNSPECIFIED) {
+    absl::StrAppend(&s, ", from ", absl::AsciiStrToLower(v1::OriginKind_Name(l.origin().kind())),
+                    l.origin().source().empty() ? "" : " ", l.origin().source());
+  }
   if (l.has_error_report()) {
     absl::StrAppendFormat(&s, "  max_abs_err=%.4g rms_err=%.4g rel_fro_err=%.4g",
                           l.error_report().max_abs(), l.error_report().rms(),
@@ -62,15 +67,12 @@ std::string Describe(const v1::LayerInfo& l) {
   return s;
 }
 
-absl::Span<const uint8_t> Span(const SafetensorsFile& f, const TensorInfo* t) {
-  return t == nullptr ? absl::Span<const uint8_t>() : f.Data(*t);
-}
 
 }  // namespace
 
 int RunUpload(int argc, char** argv) {
-  const Command cmd{"upload", "--in FILE.safetensors [--target ADDR] [--bits B] [--group-size G] "
-                          "[--mode M] [--replace] [--timeout-s S]"};
+  const Command cmd{"upload", "--in FILE.safetensors|FOLDER [--target ADDR] [--bits B] "
+                              "[--group-size G] [--mode M] [--replace] [--timeout-s S]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"in", "bits", "group-size", "mode"}), {"replace"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   const auto in = flags->Get("in");
@@ -81,10 +83,34 @@ int RunUpload(int argc, char** argv) {
   if (!params.ok()) return cmd.Usage(params.status().message());
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
-  auto file = SafetensorsFile::Open(*in);
-  if (!file.ok()) return cmd.FailRpc(file.status());
-  auto sources = QuantizationSources::Load(*in, **file, *overrides);
-  if (!sources.ok()) return cmd.FailRpc(sources.status());
+  CheckpointOptions options;
+  options.overrides = *overrides;
+  options.float_params = *params;
+  auto checkpoint = Checkpoint::Open(*in, options);
+  if (!checkpoint.ok()) return cmd.FailRpc(checkpoint.status());
+  const Checkpoint& c = **checkpoint;
+  for (const std::string& w : c.warnings()) {
+    std::fprintf(stderr, "qlinear upload: warning: %s\n", w.c_str());
+  }
+  for (const SkippedTensor& t : c.skipped()) {  // as mlx-lm and `quantize` leave it
+    std::fprintf(stderr, "qlinear upload: warning: '%s' %s skipped: %s\n", t.tensor.c_str(),
+                 c.Find(t.tensor)->ShapeString().c_str(), t.reason.c_str());
+  }
+  if (c.layers().empty()) {
+    return cmd.FailRpc(absl::InvalidArgumentError(
+        absl::StrCat("'", *in, "' holds no 2-D float .weight tensor and no quantized triplet")));
+  }
+  // The whole checkpoint is checked before the first RPC, so that a bad
+  // tensor never leaves half a model on the server.
+  for (const CheckpointLayer& layer : c.layers()) {
+    absl::Status valid = c.Validate(layer);
+    if (!valid.ok()) return cmd.FailRpc(valid);
+    if (!layer.quantized && layer.bias != nullptr && layer.bias->dtype != layer.weight->dtype) {
+      return cmd.FailRpc(absl::InvalidArgumentError(absl::StrCat(
+          "'", layer.bias->name, "' is ", DTypeName(layer.bias->dtype), " but the weight is ",
+          DTypeName(layer.weight->dtype), "; Quantize sends both in one dtype")));
+    }
+  }
   const bool tty = isatty(STDERR_FILENO);
   auto progress = [&](const std::string& layer) -> Client::Progress {
     if (!tty) return {};
@@ -93,59 +119,53 @@ int RunUpload(int argc, char** argv) {
       if (sent == total) std::fprintf(stderr, "\r\033[K");
     };
   };
-  int layers = 0;
-  for (const std::string& layer : FindQuantizedLayers(**file)) {
-    auto p = ResolveLayerParams(**file, layer, *sources);
-    if (!p.ok()) return cmd.FailRpc(p.status());
-    const TensorInfo* w = (*file)->Find(layer + ".weight");
-    const TensorInfo* s = (*file)->Find(layer + ".scales");
-    const TensorInfo* b = (*file)->Find(layer + ".biases");
-    const TensorInfo* bias = (*file)->Find(layer + ".bias");
-    v1::LoadQuantizedHeader h;
-    h.set_name(layer);
-    h.set_out_features(w->shape[0]);
-    h.set_in_features(w->shape[1] * 32 / p->bits);
-    *h.mutable_spec() = ToProto(*p);
-    h.set_scales_dtype(ToProto(s->dtype));
-    h.set_has_bias(bias != nullptr);
-    if (bias != nullptr) h.set_bias_dtype(ToProto(bias->dtype));
-    h.set_replace(flags->Has("replace"));
-    auto info = (*client)->LoadQuantized(h, Span(**file, w), Span(**file, s),
-                                         p->has_biases() ? Span(**file, b) : absl::Span<const uint8_t>(),
-                                         Span(**file, bias), progress(layer));
-    if (!info.ok()) return cmd.FailRpc(info.status());
-    std::printf("%s\n", Describe(*info).c_str());
-    ++layers;
-  }
-  for (const FloatWeight& w : FindFloatWeights(**file, *params)) {
-    const TensorInfo& t = *w.tensor;
-    const std::string& layer = w.layer;
-    if (!w.skip_reason.empty()) {  // as mlx-lm and `quantize` leave it
-      std::fprintf(stderr, "qlinear upload: warning: '%s' %s skipped: %s\n", t.name.c_str(),
-                   t.ShapeString().c_str(), w.skip_reason.c_str());
-      continue;
+  std::vector<std::string> published;
+  for (size_t i = 0; i < c.layers().size(); ++i) {
+    const CheckpointLayer& layer = c.layers()[i];
+    absl::StatusOr<v1::LayerInfo> info;
+    if (layer.quantized) {
+      v1::LoadQuantizedHeader h;
+      h.set_name(layer.name);
+      h.set_out_features(layer.n);
+      h.set_in_features(layer.k);
+      *h.mutable_spec() = ToProto(layer.params);
+      h.set_scales_dtype(ToProto(layer.scales->dtype));
+      h.set_has_bias(layer.bias != nullptr);
+      if (layer.bias != nullptr) h.set_bias_dtype(ToProto(layer.bias->dtype));
+      h.set_replace(flags->Has("replace"));
+      info = (*client)->LoadQuantized(
+          h, c.Data(*layer.weight), c.Data(*layer.scales),
+          layer.biases != nullptr ? c.Data(*layer.biases) : absl::Span<const uint8_t>(),
+          layer.bias != nullptr ? c.Data(*layer.bias) : absl::Span<const uint8_t>(),
+          progress(layer.name));
+    } else {
+      v1::QuantizeHeader h;
+      h.set_name(layer.name);
+      h.set_out_features(layer.n);
+      h.set_in_features(layer.k);
+      h.set_dtype(ToProto(layer.weight->dtype));
+      *h.mutable_spec() = ToProto(layer.params);
+      h.set_has_bias(layer.bias != nullptr);
+      h.set_replace(flags->Has("replace"));
+      info = (*client)->Quantize(
+          h, c.Data(*layer.weight),
+          layer.bias != nullptr ? c.Data(*layer.bias) : absl::Span<const uint8_t>(),
+          progress(layer.name));
     }
-    const TensorInfo* bias = (*file)->Find(layer + ".bias");
-    if (bias != nullptr && bias->dtype != t.dtype) {
-      return cmd.FailRpc(absl::InvalidArgumentError(absl::StrCat(
-          "'", layer, ".bias' is ", DTypeName(bias->dtype), " but the weight is ", DTypeName(t.dtype))));
+    if (!info.ok()) {
+      std::vector<std::string> rest;
+      for (size_t j = i; j < c.layers().size(); ++j) rest.push_back(c.layers()[j].name);
+      std::fprintf(stderr, "qlinear upload: %s: %s: %s\n",
+                   absl::StatusCodeToString(info.status().code()).c_str(), layer.name.c_str(),
+                   std::string(info.status().message()).c_str());
+      std::fprintf(stderr, "qlinear upload: stopped after %zu of %zu layers; published: %s\n",
+                   published.size(), c.layers().size(),
+                   published.empty() ? "none" : absl::StrJoin(published, ", ").c_str());
+      std::fprintf(stderr, "qlinear upload: not published: %s\n", absl::StrJoin(rest, ", ").c_str());
+      return 1;
     }
-    v1::QuantizeHeader h;
-    h.set_name(layer);
-    h.set_out_features(t.shape[0]);
-    h.set_in_features(t.shape[1]);
-    h.set_dtype(ToProto(t.dtype));
-    *h.mutable_spec() = ToProto(*params);
-    h.set_has_bias(bias != nullptr);
-    h.set_replace(flags->Has("replace"));
-    auto info = (*client)->Quantize(h, (*file)->Data(t), Span(**file, bias), progress(layer));
-    if (!info.ok()) return cmd.FailRpc(info.status());
     std::printf("%s\n", Describe(*info).c_str());
-    ++layers;
-  }
-  if (layers == 0) {
-    return cmd.FailRpc(absl::InvalidArgumentError(
-        absl::StrCat("'", *in, "' holds no 2-D float .weight tensor and no quantized triplet")));
+    published.push_back(layer.name);
   }
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "client/bench_command.h"
+#include "client/convert_command.h"
 #include "client/offline_commands.h"
 #include "client/online_commands.h"
 
@@ -13,17 +14,20 @@ constexpr char kUsage[] =
     "usage: qlinear <command> [flags]\n"
     "\n"
     "offline commands (no server needed):\n"
-    "  quantize   --in IN.safetensors --out OUT.safetensors [--bits B]\n"
+    "  quantize   --in IN.safetensors|FOLDER --out OUT.safetensors [--bits B]\n"
     "             [--group-size G] [--mode affine|mxfp4|mxfp8|nvfp4]\n"
-    "  dequantize --in Q.safetensors --out F.safetensors [--dtype f32|f16|bf16]\n"
+    "  dequantize --in Q.safetensors|FOLDER --out F.safetensors [--dtype f32|f16|bf16]\n"
     "             [--bits B] [--group-size G] [--mode M]\n"
-    "  inspect    FILE.safetensors [--bits B] [--group-size G] [--mode M]\n"
+    "  convert    --in FLOAT_FOLDER --out QUANTIZED_FOLDER [--bits B] [--group-size G]\n"
+    "             [--mode M] [--dtype f32|f16|bf16]\n"
+    "             [--recipe mixed_2_6|mixed_3_4|mixed_3_6|mixed_4_6]   (as mlx_lm.convert -q)\n"
+    "  inspect    FILE.safetensors|FOLDER [--bits B] [--group-size G] [--mode M]\n"
     "  demo       [--n N] [--k K] [--bits B] [--group-size G] [--mode M]\n"
     "             [--dtype f32|f16|bf16] [--seed S]\n"
     "\n"
     "\n"
     "server commands (--target ADDR, default 127.0.0.1:50051; --timeout-s S, default 60):\n"
-    "  upload     --in FILE.safetensors [--bits B] [--group-size G] [--mode M] [--replace]\n"
+    "  upload     --in FILE.safetensors|FOLDER [--bits B] [--group-size G] [--mode M] [--replace]\n"
     "  forward    --layer NAME (--in X.safetensors|X.npy [--key x] | --random-rows R)\n"
     "             [--dtype f32|f16|bf16] [--out Y.safetensors|Y.npy]\n"
     "  stats      [--layer NAME] [--json]\n"
@@ -53,6 +57,7 @@ int main(int argc, char** argv) {
   }
   if (std::strcmp(command, "quantize") == 0) return qlinear::RunQuantize(argc, argv);
   if (std::strcmp(command, "dequantize") == 0) return qlinear::RunDequantize(argc, argv);
+  if (std::strcmp(command, "convert") == 0) return qlinear::RunConvert(argc, argv);
   if (std::strcmp(command, "inspect") == 0) return qlinear::RunInspect(argc, argv);
   if (std::strcmp(command, "demo") == 0) return qlinear::RunDemo(argc, argv);
   if (std::strcmp(command, "upload") == 0) return qlinear::RunUpload(argc, argv);

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <fstream>
@@ -51,21 +52,10 @@ absl::StatusOr<PartialQuantParams> ParsePartial(const Json& obj,
   return p;
 }
 
-struct LayerTensors {
-  const TensorInfo* weight = nullptr;
-  const TensorInfo* scales = nullptr;
-  const TensorInfo* biases = nullptr;
-};
+}  // namespace
 
-LayerTensors FindLayerTensors(const SafetensorsFile& file,
-                              const std::string& layer) {
-  return {file.Find(layer + ".weight"), file.Find(layer + ".scales"),
-          file.Find(layer + ".biases")};
-}
-
-// CheckFits returns OK when `params` is consistent with the layer's tensors.
-absl::Status CheckFits(const std::string& layer, const LayerTensors& t,
-                       const QuantParams& params) {
+absl::Status CheckLayerFits(const std::string& layer, const LayerTensors& t,
+                            const QuantParams& params) {
   QLINEAR_RETURN_IF_ERROR(ValidateQuantParams(params));
   auto fault = [&](absl::string_view what) {
     return absl::InvalidArgumentError(
@@ -121,8 +111,6 @@ absl::Status CheckFits(const std::string& layer, const LayerTensors& t,
   return absl::OkStatus();
 }
 
-}  // namespace
-
 absl::StatusOr<QuantizationConfig> QuantizationConfig::FromJson(
     absl::string_view text) {
   Json root = Json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -174,100 +162,133 @@ PartialQuantParams QuantizationConfig::Lookup(const std::string& layer) const {
 absl::StatusOr<QuantizationSources> QuantizationSources::Load(
     const std::string& path, const SafetensorsFile& file,
     const PartialQuantParams& overrides) {
-  QuantizationSources sources;
-  sources.overrides = overrides;
-  if (auto it = file.metadata().find("quantization"); it != file.metadata().end()) {
-    auto config = QuantizationConfig::FromJson(it->second);
-    if (!config.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "'", path, "' __metadata__ 'quantization': ", config.status().message()));
-    }
-    sources.metadata = *std::move(config);
-  }
   const size_t slash = path.find_last_of('/');
   const std::string config_path =
       (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) +
       "config.json";
+  std::string text;
   std::ifstream in(config_path);
   if (in) {
     std::stringstream buffer;
     buffer << in.rdbuf();
-    Json root = Json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
-    if (root.is_discarded() || !root.is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("'", config_path, "' is not a JSON object"));
-    }
-    for (const char* key : {"quantization", "quantization_config"}) {
-      auto q = root.find(key);
-      if (q == root.end()) continue;
-      auto config = QuantizationConfig::FromJson(q->dump());
-      if (!config.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "'", config_path, "' '", key, "': ", config.status().message()));
-      }
-      sources.config_json = *std::move(config);
-      break;
-    }
+    text = buffer.str();
+    if (text.empty()) text = " ";  // an empty config.json is malformed, not absent
+  }
+  auto sources = FromParts(&file.metadata(), config_path, text, overrides);
+  if (!sources.ok() && absl::StrContains(sources.status().message(), "__metadata__")) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' ", sources.status().message()));
   }
   return sources;
 }
 
-std::vector<std::string> FindQuantizedLayers(const SafetensorsFile& file) {
-  std::vector<std::string> layers;
-  for (const TensorInfo& t : file.tensors()) {
-    if (!absl::EndsWith(t.name, ".weight") || t.dtype != DType::kU32) continue;
-    const std::string prefix = t.name.substr(0, t.name.size() - 7);
-    if (file.Find(prefix + ".scales") != nullptr) layers.push_back(prefix);
-  }
-  return layers;
-}
-
-std::vector<FloatWeight> FindFloatWeights(const SafetensorsFile& file, const QuantParams& params) {
-  std::vector<FloatWeight> weights;
-  for (const TensorInfo& t : file.tensors()) {
-    if (!absl::EndsWith(t.name, ".weight") || t.shape.size() != 2) continue;
-    if (!IsFloatDType(t.dtype) && t.dtype != DType::kF64) continue;
-    FloatWeight w{&t, t.name.substr(0, t.name.size() - 7), ""};
-    const int64_t n = t.shape[0], k = t.shape[1];
-    if (t.dtype == DType::kF64) {
-      w.skip_reason = "F64 is not a weight dtype MLX quantizes";
-    } else if (n == 0 || k == 0) {
-      w.skip_reason = absl::StrCat("it is empty (N=", n, ", K=", k, ")");
-    } else if (k % params.group_size != 0) {
-      w.skip_reason = absl::StrCat("K=", k, " is not a multiple of the group size ",
-                                   params.group_size);
+absl::StatusOr<QuantizationSources> QuantizationSources::FromParts(
+    const std::map<std::string, std::string>* metadata, const std::string& config_path,
+    const std::string& config_text, const PartialQuantParams& overrides) {
+  QuantizationSources sources;
+  sources.overrides = overrides;
+  if (metadata != nullptr) {
+    if (auto it = metadata->find("quantization"); it != metadata->end()) {
+      auto config = QuantizationConfig::FromJson(it->second);
+      if (!config.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("__metadata__ 'quantization': ", config.status().message()));
+      }
+      sources.metadata = *std::move(config);
     }
-    weights.push_back(std::move(w));
   }
-  return weights;
+  if (config_text.empty()) return sources;
+  Json root = Json::parse(config_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", config_path, "' is not a JSON object (it does not parse as JSON)"));
+  }
+  const char* key = "quantization";
+  auto q = root.find(key);
+  if (q == root.end()) {
+    key = "quantization_config";
+    q = root.find(key);
+    if (q != root.end() && q->is_object()) {
+      if (auto method = q->find("quant_method"); method != q->end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "'", config_path, "' quantization_config has quant_method ", method->dump(),
+            ": qlinear serves MLX quantization (affine, mxfp4, mxfp8, nvfp4) only"));
+      }
+    }
+  }
+  if (q == root.end()) return sources;
+  auto config = QuantizationConfig::FromJson(q->dump());
+  if (!config.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", config_path, "' '", key, "': ", config.status().message()));
+  }
+  sources.config_json = *std::move(config);
+  return sources;
 }
 
-absl::StatusOr<QuantParams> ResolveLayerParams(
-    const SafetensorsFile& file, const std::string& layer,
-    const QuantizationSources& sources) {
+std::string FloatWeightSkipReason(const TensorInfo& t, const QuantParams& params) {
+  if (t.dtype == DType::kF64) return "F64 is not a weight dtype MLX quantizes";
+  const int64_t n = t.shape[0], k = t.shape[1];
+  if (n == 0 || k == 0) return absl::StrCat("it is empty (N=", n, ", K=", k, ")");
+  if (k % params.group_size != 0) {
+    return absl::StrCat("K=", k, " is not a multiple of the group size ", params.group_size);
+  }
+  return "";
+}
+
+namespace {
+LayerTensors FindLayerTensors(const SafetensorsFile& file, const std::string& layer) {
+  return {file.Find(layer + ".weight"), file.Find(layer + ".scales"),
+          file.Find(layer + ".biases")};
+}
+absl::Span<const uint8_t> DataOf(const SafetensorsFile& file, const TensorInfo* t) {
+  return t == nullptr ? absl::Span<const uint8_t>() : file.Data(*t);
+}
+}  // namespace
+
+absl::StatusOr<QuantParams> ResolveLayerParams(const SafetensorsFile& file,
+                                               const std::string& layer,
+                                               const QuantizationSources& sources) {
+  return ResolveLayerParams(layer, FindLayerTensors(file, layer), sources);
+}
+
+absl::StatusOr<QuantParams> ResolveLayerParams(const std::string& layer,
+                                               const LayerTensors& tensors,
+                                               const QuantizationSources& sources,
+                                               std::string* source_out) {
+  const QuantizationConfig* config = sources.metadata      ? &*sources.metadata
+                                     : sources.config_json ? &*sources.config_json
+                                                           : nullptr;
+  const std::string where =
+      sources.metadata ? "the file's 'quantization' metadata" : "config.json";
   PartialQuantParams base;
   std::string source = "flags";
-  if (sources.metadata && !sources.metadata->Lookup(layer).empty()) {
-    base = sources.metadata->Lookup(layer);
-    source = "the file's 'quantization' metadata";
-  } else if (sources.config_json && !sources.config_json->Lookup(layer).empty()) {
-    base = sources.config_json->Lookup(layer);
-    source = "config.json";
+  if (config != nullptr) {
+    if (auto it = config->layers.find(layer); it != config->layers.end()) {
+      base = it->second;
+      source = absl::StrCat(where, " entry '", layer, "'");
+    } else if (std::find(config->unquantized.begin(), config->unquantized.end(), layer) !=
+               config->unquantized.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer '", layer, "': ", where, " maps it to false (not quantized), but ", layer,
+          ".scales exists"));
+    } else if (!config->global.empty()) {
+      base = config->global;
+      source = where;
+    }
   }
   if (source != "flags" && !sources.overrides.empty()) {
     source = absl::StrCat(source, " and flags");
   }
-  const LayerTensors tensors = FindLayerTensors(file, layer);
-  if (base.empty() && sources.overrides.empty()) {
+  if (source == "flags" && sources.overrides.empty()) {
     std::vector<std::string> fits;
     for (const QuantParams& p : AllQuantParams()) {
-      if (CheckFits(layer, tensors, p).ok()) fits.push_back(p.ToString());
+      if (CheckLayerFits(layer, tensors, p).ok()) fits.push_back(p.ToString());
     }
     return absl::InvalidArgumentError(absl::StrCat(
         "layer '", layer,
         "': cannot tell its quantization parameters (no --mode/--bits/"
-        "--group-size, no 'quantization' metadata, no config.json beside the "
-        "file); its shapes fit: ",
+        "--group-size, no 'quantization' metadata, no config.json quantization "
+        "entry); its shapes fit: ",
         fits.empty() ? "none" : absl::StrJoin(fits, ", ")));
   }
   const QuantMode mode = sources.overrides.mode.value_or(
@@ -281,11 +302,12 @@ absl::StatusOr<QuantParams> ResolveLayerParams(
     return absl::InvalidArgumentError(absl::StrCat(
         "layer '", layer, "' (from ", source, "): ", params.status().message()));
   }
-  absl::Status fits = CheckFits(layer, tensors, *params);
+  absl::Status fits = CheckLayerFits(layer, tensors, *params);
   if (!fits.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(fits.message(), " (parameters from ", source, ")"));
   }
+  if (source_out != nullptr) *source_out = source;
   return *params;
 }
 
@@ -293,21 +315,26 @@ absl::StatusOr<QuantizedMatrix> LoadQuantizedLayer(const SafetensorsFile& file,
                                                    const std::string& layer,
                                                    const QuantParams& params) {
   const LayerTensors t = FindLayerTensors(file, layer);
-  QLINEAR_RETURN_IF_ERROR(CheckFits(layer, t, params));
+  return CopyQuantizedLayer(layer, t, DataOf(file, t.weight), DataOf(file, t.scales),
+                            DataOf(file, t.biases), params);
+}
+
+absl::StatusOr<QuantizedMatrix> CopyQuantizedLayer(const std::string& layer,
+                                                   const LayerTensors& t,
+                                                   absl::Span<const uint8_t> wq,
+                                                   absl::Span<const uint8_t> scales,
+                                                   absl::Span<const uint8_t> biases,
+                                                   const QuantParams& params) {
+  QLINEAR_RETURN_IF_ERROR(CheckLayerFits(layer, t, params));
   QuantizedMatrix q;
   q.params = params;
   q.dtype = params.has_biases() ? t.scales->dtype : DType::kBF16;
   q.n = t.weight->shape[0];
   q.k = t.weight->shape[1] * 32 / params.bits;
-  const auto wq = file.Data(*t.weight);
   q.wq.resize(wq.size() / 4);
   std::memcpy(q.wq.data(), wq.data(), wq.size());
-  const auto scales = file.Data(*t.scales);
   q.scales.assign(scales.begin(), scales.end());
-  if (params.has_biases()) {
-    const auto biases = file.Data(*t.biases);
-    q.biases.assign(biases.begin(), biases.end());
-  }
+  if (params.has_biases()) q.biases.assign(biases.begin(), biases.end());
   absl::Status values = ValidateQuantizedValues(q);
   if (!values.ok()) {
     return absl::InvalidArgumentError(

@@ -52,48 +52,75 @@ struct QuantizationConfig {
   PartialQuantParams Lookup(const std::string& layer) const;
 };
 
-// QuantizationSources gathers everything resolution may consult for one file.
+// QuantizationSources gathers everything resolution may consult for one
+// checkpoint.
 struct QuantizationSources {
   PartialQuantParams overrides;
-  std::optional<QuantizationConfig> metadata;     // from __metadata__
-  std::optional<QuantizationConfig> config_json;  // from config.json beside
+  std::optional<QuantizationConfig> metadata;     // from a file's __metadata__
+  std::optional<QuantizationConfig> config_json;  // from config.json
 
   // Load reads the metadata of `file` and the config.json in the folder of
   // `path` (when present). INVALID_ARGUMENT when either is malformed.
   static absl::StatusOr<QuantizationSources> Load(
       const std::string& path, const SafetensorsFile& file,
       const PartialQuantParams& overrides);
+  // FromParts reads `metadata` (the file's metadata; nullptr for a folder)
+  // and the config.json text `config_text` (empty: none), read from
+  // `config_path`. config.json's "quantization" is used, else a
+  // "quantization_config" without "quant_method"; one with a quant_method
+  // (gptq, awq, ...) is INVALID_ARGUMENT naming the method.
+  static absl::StatusOr<QuantizationSources> FromParts(
+      const std::map<std::string, std::string>* metadata, const std::string& config_path,
+      const std::string& config_text, const PartialQuantParams& overrides);
 };
 
-// FindQuantizedLayers lists the prefixes P with a U32 P.weight and a P.scales.
-std::vector<std::string> FindQuantizedLayers(const SafetensorsFile& file);
-
-// A float `P.weight` of a file to quantize: every 2-D tensor whose name ends
-// in ".weight" and whose dtype is F32, F16, BF16 or F64. It quantizes with
-// `params` when skip_reason is empty; otherwise it stays as it is, like
-// mlx-lm leaves such layers (F64, an empty dimension, or K not a multiple
-// of the group size), and skip_reason says why in words.
-struct FloatWeight {
-  const TensorInfo* tensor;
-  std::string layer;  // the prefix P
-  std::string skip_reason;
+// LayerTensors are the tensors of one quantized module P (borrowed).
+struct LayerTensors {
+  const TensorInfo* weight = nullptr;  // P.weight
+  const TensorInfo* scales = nullptr;  // P.scales
+  const TensorInfo* biases = nullptr;  // P.biases (affine)
 };
 
-// FindFloatWeights lists the float weights of `file` in file order.
-std::vector<FloatWeight> FindFloatWeights(const SafetensorsFile& file, const QuantParams& params);
+// CheckLayerFits returns OK when `params` is consistent with the layer's
+// tensors; INVALID_ARGUMENT naming the tensor and what was expected.
+absl::Status CheckLayerFits(const std::string& layer, const LayerTensors& tensors,
+                            const QuantParams& params);
 
-// ResolveLayerParams decides the parameters of `layer` (see the file comment)
-// and checks that they fit its tensors' shapes. INVALID_ARGUMENT otherwise.
+// ResolveLayerParams decides the parameters of `layer` and checks that they
+// fit its tensors' shapes; the source used is written to `*source` when
+// given. The config (the metadata's when present, else config.json's) gives
+// the layer's own entry alone when it has one (no "mode" = affine, missing
+// fields = the mode's defaults), refuses a layer its entry maps to false,
+// and otherwise gives the global fields; flags replace the fields they set.
+// INVALID_ARGUMENT otherwise, listing the parameters the shapes fit when no
+// source applies: it never guesses.
+absl::StatusOr<QuantParams> ResolveLayerParams(const std::string& layer,
+                                               const LayerTensors& tensors,
+                                               const QuantizationSources& sources,
+                                               std::string* source = nullptr);
+// The same for a layer of one file.
 absl::StatusOr<QuantParams> ResolveLayerParams(const SafetensorsFile& file,
                                                const std::string& layer,
                                                const QuantizationSources& sources);
 
-// LoadQuantizedLayer copies the triplet of `layer` into a QuantizedMatrix,
-// validating dtypes, shapes and values against `params`. INVALID_ARGUMENT
-// naming the tensor and what was expected otherwise.
+// CopyQuantizedLayer copies a triplet (tensors and their bytes) into a
+// QuantizedMatrix, validating dtypes, shapes and values against `params`.
+// INVALID_ARGUMENT naming the tensor and what was expected otherwise.
+absl::StatusOr<QuantizedMatrix> CopyQuantizedLayer(const std::string& layer,
+                                                   const LayerTensors& tensors,
+                                                   absl::Span<const uint8_t> weight,
+                                                   absl::Span<const uint8_t> scales,
+                                                   absl::Span<const uint8_t> biases,
+                                                   const QuantParams& params);
+// The same for a layer of one file.
 absl::StatusOr<QuantizedMatrix> LoadQuantizedLayer(const SafetensorsFile& file,
                                                    const std::string& layer,
                                                    const QuantParams& params);
+
+// FloatWeightSkipReason says why a float `.weight` tensor is left as it is
+// (as mlx-lm leaves it): F64, an empty dimension, or K not a multiple of
+// the group size. Empty when it quantizes with `params`.
+std::string FloatWeightSkipReason(const TensorInfo& weight, const QuantParams& params);
 
 // QuantizedTensors returns views of q's tensors named P.weight, P.scales and
 // (affine) P.biases, for WriteSafetensors. They borrow from q.

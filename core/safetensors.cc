@@ -33,6 +33,11 @@ absl::Status ErrnoStatus(absl::string_view action, const std::string& path) {
       absl::StrCat(action, " '", path, "': ", std::strerror(err));
   if (err == ENOENT) return absl::NotFoundError(msg);
   if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
+  // A full disk, a quota or a file size limit is a resource the operator
+  // can free, not a bug: callers (the state dir) report it as such.
+  if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+    return absl::ResourceExhaustedError(msg);
+  }
   return absl::InternalError(msg);
 }
 

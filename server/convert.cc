@@ -25,6 +25,24 @@ void ToProto(const ErrorReport& report, v1::ErrorReport* out) {
   out->set_rel_fro(report.rel_fro);
 }
 
+void ToProto(const LayerOrigin& origin, v1::LayerOrigin* out) {
+  switch (origin.kind) {
+    case OriginKind::kBuiltin:
+      out->set_kind(v1::BUILTIN);
+      break;
+    case OriginKind::kModel:
+      out->set_kind(v1::MODEL);
+      break;
+    case OriginKind::kUpload:
+      out->set_kind(v1::UPLOAD);
+      break;
+    case OriginKind::kState:
+      out->set_kind(v1::STATE);
+      break;
+  }
+  out->set_source(origin.source);
+}
+
 void ToProto(const Layer::Info& info, v1::LayerInfo* out) {
   out->set_name(info.name);
   out->set_out_features(info.n);
@@ -35,6 +53,7 @@ void ToProto(const Layer::Info& info, v1::LayerInfo* out) {
   out->set_version(info.version);
   out->set_bytes_held(info.bytes_held);
   if (info.error_report) ToProto(*info.error_report, out->mutable_error_report());
+  ToProto(info.origin, out->mutable_origin());
 }
 
 void ToProto(const Histogram::Snapshot& h, v1::Histogram* out) {

@@ -21,6 +21,7 @@ grpc::Status ToGrpc(const absl::Status& status);
 absl::Status FromGrpc(const grpc::Status& status);
 
 void ToProto(const Layer::Info& info, v1::LayerInfo* out);
+void ToProto(const LayerOrigin& origin, v1::LayerOrigin* out);
 void ToProto(const ErrorReport& report, v1::ErrorReport* out);
 void ToProto(const Histogram::Snapshot& h, v1::Histogram* out);
 

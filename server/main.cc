@@ -15,10 +15,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "core/flags.h"
-#include "core/engine/upload.h"
+#include "core/engine/startup.h"
 #include "core/half.h"
-#include "core/mlx_file.h"
-#include "core/safetensors.h"
 #include "server/server.h"
 
 namespace qlinear {
@@ -35,79 +33,15 @@ constexpr char kUsage[] =
     "                            memory; 0 = unlimited)\n"
     "  --max-message-mb N        largest gRPC message, in MiB (default 64)\n"
     "  --drain-timeout-s N       on SIGINT/SIGTERM, how long to finish accepted work (default 30)\n"
-    "  --model FILE.safetensors  load a model (repeatable): MLX triplets as they are, float\n"
-    "                            .weight tensors quantized with --bits/--group-size/--mode\n"
+    "  --model PATH              a .safetensors file or an mlx-lm model folder (repeatable):\n"
+    "                            MLX triplets as they are, float .weight tensors quantized\n"
+    "                            with --bits/--group-size/--mode\n"
     "  --bits B --group-size G --mode affine|mxfp4|mxfp8|nvfp4   for float weights\n"
     "                            (default affine, MLX's defaults per mode)\n"
-    "With no --model, serves layer 'demo': 4096x4096, affine b4 g64, seeded random float16\n"
-    "weights.\n";
-
-// The demo layer's weights are float16, as in most MLX models (and as in
-// qlinear_kernel_bench), so its scales and biases are float16 too.
-absl::Status LoadDemo(Engine* engine) {
-  const int64_t n = 4096, k = 4096;
-  std::mt19937_64 rng(0);
-  std::normal_distribution<float> normal(0.0f, 1.0f / 64.0f);
-  std::vector<uint16_t> w(static_cast<size_t>(n * k));
-  for (uint16_t& v : w) v = FloatToHalfBits(normal(rng));
-  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF16, w.data(), n, k);
-  if (!q.ok()) return q.status();
-  const ErrorReport report = ComputeErrorReport(*q, DType::kF16, w.data());
-  return PublishQuantized(engine, "demo", *q, {}, report, false).status();
-}
-
-std::vector<float> BiasOf(const SafetensorsFile& file, const std::string& layer, int64_t n,
-                          absl::Status* status) {
-  const TensorInfo* b = file.Find(layer + ".bias");
-  if (b == nullptr) return {};
-  if (!IsFloatDType(b->dtype) || b->shape != std::vector<int64_t>{n}) {
-    *status = absl::InvalidArgumentError(absl::StrCat(
-        "'", layer, ".bias' must be a float vector [", n, "]; got ", DTypeName(b->dtype), " ",
-        b->ShapeString()));
-    return {};
-  }
-  std::vector<float> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[i] = LoadFloat(b->dtype, file.Data(*b).data(), i);
-  return out;
-}
-
-absl::Status LoadModel(Engine* engine, const std::string& path, const QuantParams& params) {
-  auto file = SafetensorsFile::Open(path);
-  if (!file.ok()) return file.status();
-  auto sources = QuantizationSources::Load(path, **file, {});
-  if (!sources.ok()) return sources.status();
-  for (const std::string& layer : FindQuantizedLayers(**file)) {
-    auto p = ResolveLayerParams(**file, layer, *sources);
-    if (!p.ok()) return p.status();
-    auto q = LoadQuantizedLayer(**file, layer, *p);
-    if (!q.ok()) return q.status();
-    absl::Status bias_status;
-    std::vector<float> bias = BiasOf(**file, layer, q->n, &bias_status);
-    if (!bias_status.ok()) return bias_status;
-    auto published = PublishQuantized(engine, layer, *q, std::move(bias), std::nullopt, false);
-    if (!published.ok()) return published.status();
-  }
-  for (const FloatWeight& w : FindFloatWeights(**file, params)) {
-    const TensorInfo& t = *w.tensor;
-    const std::string& layer = w.layer;
-    if (!w.skip_reason.empty()) {  // as mlx-lm leaves it
-      std::fprintf(stderr, "qlinear-server: warning: '%s' %s not served: %s\n", t.name.c_str(),
-                   t.ShapeString().c_str(), w.skip_reason.c_str());
-      continue;
-    }
-    auto q = Quantize(params, t.dtype, (*file)->Data(t).data(), t.shape[0], t.shape[1]);
-    if (!q.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("'", t.name, "': ", q.status().message()));
-    }
-    const ErrorReport report = ComputeErrorReport(*q, t.dtype, (*file)->Data(t).data());
-    absl::Status bias_status;
-    std::vector<float> bias = BiasOf(**file, layer, q->n, &bias_status);
-    if (!bias_status.ok()) return bias_status;
-    auto published = PublishQuantized(engine, layer, *q, std::move(bias), report, false);
-    if (!published.ok()) return published.status();
-  }
-  return absl::OkStatus();
-}
+    "  --state-dir DIR           keep every uploaded layer in DIR (synced before the upload\n"
+    "                            answers) and serve them again at the next start\n"
+    "With neither --model nor --state-dir, serves layer 'demo': 4096x4096, affine b4 g64,\n"
+    "seeded random float16 weights.\n";
 
 // Three quarters of physical memory: a bound by default, so that no upload
 // can push the host into the OOM killer. 0 on the command line = unlimited.
@@ -141,7 +75,8 @@ int Main(int argc, char** argv) {
   auto flags = Flags::Parse(static_cast<int>(rest.size()), rest.data(), 1,
                             {"listen", "threads", "max-batch-rows", "max-batch-delay-us",
                              "max-queue-rows", "max-memory-mb", "max-message-mb",
-                             "drain-timeout-s", "bits", "group-size", "mode", "model"},
+                             "drain-timeout-s", "bits", "group-size", "mode", "model",
+                             "state-dir"},
                             {"help"});
   if (!flags.ok()) return Usage(flags.status().message());
   if (flags->Has("help")) {
@@ -200,19 +135,31 @@ int Main(int argc, char** argv) {
     return 1;
   }
   Engine& engine = (*server)->engine();
-  absl::Status loaded = models.empty() ? LoadDemo(&engine) : absl::OkStatus();
-  for (const std::string& m : models) {
-    if (!loaded.ok()) break;
-    loaded = LoadModel(&engine, m, *params);
-    if (!loaded.ok()) loaded = absl::Status(loaded.code(), absl::StrCat("--model '", m, "': ", loaded.message()));
+  StartupOptions startup;
+  startup.models = models;
+  startup.checkpoint.float_params = *params;
+  if (auto dir = flags->Get("state-dir")) {
+    if (dir->empty()) return Usage("--state-dir must name a folder");
+    startup.state_dir = *dir;
+  }
+  std::vector<std::string> notes;
+  absl::Status loaded = LoadAtStart(&engine, startup, &notes);
+  for (const std::string& note : notes) {
+    std::fprintf(stderr, "qlinear-server: warning: %s\n", note.c_str());
   }
   if (!loaded.ok()) {
     std::fprintf(stderr, "qlinear-server: %s\n", std::string(loaded.message()).c_str());
     return 1;
   }
   (*server)->SetServing(true);
+  // The start-up line names a handful of layers; `qlinear list` has them all.
+  const auto entries = engine.catalog().List();
   std::vector<std::string> names;
-  for (const auto& e : engine.registry().List()) {
+  for (const auto& e : entries) {
+    if (names.size() == 8) {
+      names.push_back(absl::StrCat("... (", entries.size(), " in all)"));
+      break;
+    }
     const Layer::Info& i = e.layer->info();
     names.push_back(absl::StrCat(i.name, " [", i.n, "x", i.k, " ", i.params.ToString(), "]"));
   }

@@ -175,8 +175,7 @@ grpc::ServerUnaryReactor* AdminService::UnloadLayer(grpc::CallbackServerContext*
                                                     const v1::UnloadLayerRequest* request,
                                                     v1::UnloadLayerResponse* /*response*/) {
   auto* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpc(engine_->draining() ? absl::UnavailableError("server is shutting down")
-                                             : engine_->registry().Unload(request->name())));
+  reactor->Finish(ToGrpc(engine_->catalog().Unload(request->name())));
   return reactor;
 }
 
@@ -262,7 +261,7 @@ grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* DataService::ListLayers(grpc::CallbackServerContext* context,
                                                   const v1::ListLayersRequest* /*request*/,
                                                   v1::ListLayersResponse* response) {
-  for (const auto& entry : engine_->registry().List()) {
+  for (const auto& entry : engine_->catalog().List()) {
     ToProto(entry.layer->info(), response->add_layers());
   }
   auto* reactor = context->DefaultReactor();
@@ -274,7 +273,7 @@ grpc::ServerUnaryReactor* DataService::GetLayer(grpc::CallbackServerContext* con
                                                 const v1::GetLayerRequest* request,
                                                 v1::LayerInfo* response) {
   auto* reactor = context->DefaultReactor();
-  auto entry = engine_->registry().Get(request->name());
+  auto entry = engine_->catalog().Get(request->name());
   if (entry.ok()) ToProto(entry->layer->info(), response);
   reactor->Finish(ToGrpc(entry.status()));
   return reactor;
@@ -286,20 +285,20 @@ grpc::ServerUnaryReactor* DataService::Stats(grpc::CallbackServerContext* contex
   auto* reactor = context->DefaultReactor();
   std::vector<LayerRegistry::Entry> entries;
   if (!request->layer().empty()) {
-    auto entry = engine_->registry().Get(request->layer());
+    auto entry = engine_->catalog().Get(request->layer());
     if (!entry.ok()) {
       reactor->Finish(ToGrpc(entry.status()));
       return reactor;
     }
     entries.push_back(*entry);
   } else {
-    entries = engine_->registry().List();
+    entries = engine_->catalog().List();
   }
-  const auto all = engine_->registry().List();
+  const auto all = engine_->catalog().List();
   v1::ServerStats* server = response->mutable_server();
   server->set_uptime_s(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
   server->set_layers(static_cast<int32_t>(all.size()));
-  server->set_bytes_held(engine_->budget().used());
+  server->set_bytes_held(engine_->catalog().bytes_held());
   server->set_queue_rows(engine_->queued_rows());
   server->set_threads(engine_->threads());
   server->set_build_info(build_info_);
@@ -324,6 +323,7 @@ grpc::ServerUnaryReactor* DataService::Stats(grpc::CallbackServerContext* contex
     ToProto(st.total_us.Read(), out->mutable_total_us());
     out->set_bytes_held(info.bytes_held);
     if (info.error_report) ToProto(*info.error_report, out->mutable_error_report());
+    ToProto(info.origin, out->mutable_origin());
   }
   reactor->Finish(grpc::Status::OK);
   return reactor;

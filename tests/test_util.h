@@ -24,6 +24,12 @@ inline std::string GoldenDir() {
   return env != nullptr ? env : QLINEAR_GOLDEN_DIR;
 }
 
+// MlxLmDir is ../shared/mlx-lm (mlx-lm model folders), or $QLINEAR_MLX_LM_DIR.
+inline std::string MlxLmDir() {
+  const char* env = std::getenv("QLINEAR_MLX_LM_DIR");
+  return env != nullptr ? env : QLINEAR_MLX_LM_DIR;
+}
+
 inline double MaxAbs(const std::vector<float>& v) {
   double m = 0;
   for (float f : v) m = std::max(m, static_cast<double>(std::abs(f)));

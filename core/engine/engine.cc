@@ -279,7 +279,7 @@ void Engine::Impl::Run() {
 }
 
 Engine::Engine(const Options& options)
-    : options_(options), budget_(options.max_memory_bytes) {}
+    : options_(options), catalog_(options.max_memory_bytes) {}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (options.threads < 0 || options.max_batch_rows < 1 || options.max_batch_delay_us < 0 ||
@@ -328,7 +328,7 @@ bool Engine::draining() const {
 }
 
 absl::Status Engine::Submit(ForwardRequest request, Done done) {
-  auto entry = registry_.Get(request.layer);
+  auto entry = catalog_.Get(request.layer);
   if (!entry.ok()) return entry.status();
   const Layer::Info& info = entry->layer->info();
   const std::shared_ptr<LayerStats> stats = entry->stats;
@@ -377,6 +377,7 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
 bool Engine::Drain(Clock::time_point deadline) {
   std::vector<std::shared_ptr<Task>> left;
   bool drained;
+  catalog_.StartDraining();
   {
     std::unique_lock<std::mutex> lock(impl_->mu);
     impl_->draining = true;

@@ -1,5 +1,6 @@
-// Engine: the in-process serving core. It owns the layer registry, the memory
-// budget, one dynamic batcher per layer and the oneTBB arena that runs the
+// Engine: the in-process serving core. It owns the catalog of layers (with
+// the memory budget and, with --state-dir, the durable store), one dynamic
+// batcher per layer and the oneTBB arena that runs the
 // batches. No gRPC here: the server translates to and from it.
 //
 // Batching: each layer has a FIFO queue of requests. One dispatcher thread
@@ -30,7 +31,7 @@
 #include "absl/status/statusor.h"
 #include "core/dtype.h"
 #include "core/engine/layer.h"
-#include "core/engine/registry.h"
+#include "core/engine/catalog.h"
 
 namespace qlinear {
 
@@ -80,8 +81,10 @@ class Engine {
 
   const Options& options() const { return options_; }
   int threads() const;
-  LayerRegistry& registry() { return registry_; }
-  MemoryBudget& budget() { return budget_; }
+  // catalog() is the one door through which layers are published,
+  // replaced and unloaded.
+  Catalog& catalog() { return catalog_; }
+  const Catalog& catalog() const { return catalog_; }
 
   // Submit queues a forward pass. On OK, `done` runs exactly once, later, on
   // the dispatcher thread (keep it short: copy out and finish). Otherwise it
@@ -103,8 +106,7 @@ class Engine {
   explicit Engine(const Options& options);
 
   Options options_;
-  MemoryBudget budget_;
-  LayerRegistry registry_;
+  Catalog catalog_;
   std::unique_ptr<Impl> impl_;
 };
 

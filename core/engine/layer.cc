@@ -36,6 +36,20 @@ Reservation::~Reservation() {
   if (budget_ != nullptr) budget_->Release(bytes_);
 }
 
+absl::string_view OriginKindName(OriginKind kind) {
+  switch (kind) {
+    case OriginKind::kBuiltin:
+      return "builtin";
+    case OriginKind::kModel:
+      return "model";
+    case OriginKind::kUpload:
+      return "upload";
+    case OriginKind::kState:
+      return "state";
+  }
+  return "unknown";
+}
+
 uint64_t Layer::PackedBytes(const QuantParams& params, int64_t n, int64_t k,
                             bool has_bias) {
   return PackedMatrix::MaxBytes(params, n, k) + (has_bias ? static_cast<uint64_t>(n) * 4 : 0);
@@ -44,7 +58,8 @@ uint64_t Layer::PackedBytes(const QuantParams& params, int64_t n, int64_t k,
 std::shared_ptr<const Layer> Layer::Create(std::string name, const QuantizedMatrix& q,
                                            std::vector<float> bias,
                                            std::optional<ErrorReport> report,
-                                           uint64_t version, Reservation reservation) {
+                                           uint64_t version, Reservation reservation,
+                                           LayerOrigin origin) {
   std::shared_ptr<Layer> layer(new Layer());
   layer->packed_ = PackedMatrix::Pack(q);
   layer->bias_ = std::move(bias);
@@ -60,6 +75,7 @@ std::shared_ptr<const Layer> Layer::Create(std::string name, const QuantizedMatr
   info.bytes_held = layer->packed_.bytes() + layer->bias_.size() * 4;
   layer->reservation_.ShrinkTo(info.bytes_held);
   info.error_report = report;
+  info.origin = std::move(origin);
   return layer;
 }
 

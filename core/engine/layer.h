@@ -60,6 +60,23 @@ class Reservation {
   uint64_t bytes_ = 0;
 };
 
+// Where a layer came from. The kinds are a small fixed set (metrics label
+// them); `source` says which file or folder.
+enum class OriginKind {
+  kBuiltin,  // the demo layer a server without --model or --state-dir serves
+  kModel,    // a --model file or folder (source: its path)
+  kUpload,   // Quantize or LoadQuantized (source: empty)
+  kState,    // read back from --state-dir at start (source: the file)
+};
+
+// OriginKindName returns "builtin", "model", "upload" or "state".
+absl::string_view OriginKindName(OriginKind kind);
+
+struct LayerOrigin {
+  OriginKind kind = OriginKind::kUpload;
+  std::string source;
+};
+
 class Layer {
  public:
   struct Info {
@@ -72,6 +89,7 @@ class Layer {
     uint64_t version = 0;
     uint64_t bytes_held = 0;
     std::optional<ErrorReport> error_report;  // when quantized here
+    LayerOrigin origin;
   };
 
   // PackedBytes is the most a layer of this shape can hold (for reserving
@@ -84,7 +102,8 @@ class Layer {
   static std::shared_ptr<const Layer> Create(std::string name, const QuantizedMatrix& q,
                                              std::vector<float> bias,
                                              std::optional<ErrorReport> report,
-                                             uint64_t version, Reservation reservation);
+                                             uint64_t version, Reservation reservation,
+                                             LayerOrigin origin = {});
 
   const Info& info() const { return info_; }
   const PackedMatrix& packed() const { return packed_; }

@@ -49,6 +49,12 @@ absl::Status LayerRegistry::Unload(const std::string& name) {
   return absl::OkStatus();
 }
 
+void LayerRegistry::SeedVersions(uint64_t version) {
+  uint64_t current = next_version_.load();
+  while (current < version && !next_version_.compare_exchange_weak(current, version)) {
+  }
+}
+
 std::vector<LayerRegistry::Entry> LayerRegistry::List() const {
   absl::MutexLock lock(&mu_);
   std::vector<Entry> out;

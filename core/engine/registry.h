@@ -1,4 +1,5 @@
 // LayerRegistry: name -> the published version of a layer and its stats.
+// The engine's Catalog owns it: nothing else publishes or unloads.
 //
 // Publishing or replacing swaps an immutable shared_ptr: work already holding
 // the old version finishes on it, and its memory is released when the last
@@ -43,6 +44,8 @@ class LayerRegistry {
   std::vector<Entry> List() const;
   // NextVersion hands out increasing version numbers (1, 2, ...).
   uint64_t NextVersion() { return next_version_.fetch_add(1) + 1; }
+  // SeedVersions makes every later NextVersion larger than `version`.
+  void SeedVersions(uint64_t version);
 
  private:
   mutable absl::Mutex mu_;

@@ -11,9 +11,9 @@ namespace {
 
 absl::Status CheckCommon(Engine* engine, const std::string& name, int64_t n, int64_t k,
                          const QuantParams& params, bool replace) {
-  if (engine->draining()) return absl::UnavailableError("server is shutting down");
-  if (name.empty()) return absl::InvalidArgumentError("layer name must not be empty");
-  absl::Status s = ValidateQuantParams(params);
+  absl::Status s = engine->catalog().CheckName(name, replace);
+  if (!s.ok()) return s;
+  s = ValidateQuantParams(params);
   if (!s.ok()) return s;
   if (n <= 0 || n > (int64_t{1} << 31)) {
     return absl::InvalidArgumentError(
@@ -22,22 +22,7 @@ absl::Status CheckCommon(Engine* engine, const std::string& name, int64_t n, int
   if (k > (int64_t{1} << 31)) {
     return absl::InvalidArgumentError(absl::StrCat("in_features must be at most 2^31; got ", k));
   }
-  s = ValidateInputDim(params, k);
-  if (!s.ok()) return s;
-  if (!replace && engine->registry().Contains(name)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("layer '", name, "' already exists; set replace to swap it"));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<Reservation> Reserve(Engine* engine, const std::string& name,
-                                    const QuantParams& params, int64_t n, int64_t k,
-                                    bool has_bias) {
-  const uint64_t bytes = Layer::PackedBytes(params, n, k, has_bias);
-  absl::Status s = engine->budget().TryReserve(bytes, absl::StrCat("layer '", name, "'"));
-  if (!s.ok()) return s;
-  return Reservation(&engine->budget(), bytes);
+  return ValidateInputDim(params, k);
 }
 
 std::vector<float> ToFloats(DType dtype, const std::vector<uint8_t>& bytes) {
@@ -46,21 +31,10 @@ std::vector<float> ToFloats(DType dtype, const std::vector<uint8_t>& bytes) {
   return out;
 }
 
-absl::StatusOr<std::shared_ptr<const Layer>> BuildAndPublish(
-    Engine* engine, const std::string& name, const QuantizedMatrix& q, std::vector<float> bias,
-    std::optional<ErrorReport> report, bool replace, Reservation reservation) {
-  for (size_t i = 0; i < bias.size(); ++i) {
-    if (!std::isfinite(bias[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bias must be finite; got ", bias[i], " at index ", i));
-    }
-  }
-  if (engine->draining()) return absl::UnavailableError("server is shutting down");
-  auto layer = Layer::Create(name, q, std::move(bias), report, engine->registry().NextVersion(),
-                             std::move(reservation));
-  absl::Status s = engine->registry().Publish(layer, replace);
-  if (!s.ok()) return s;
-  return layer;
+absl::StatusOr<std::shared_ptr<const Layer>> Publish(Engine* engine, LoadedLayer layer,
+                                                     bool replace, Reservation reservation) {
+  return engine->catalog().Publish(layer, LayerOrigin{OriginKind::kUpload, ""}, replace,
+                                   std::move(reservation));
 }
 
 }  // namespace
@@ -73,7 +47,8 @@ absl::StatusOr<std::unique_ptr<QuantizeUpload>> QuantizeUpload::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "weights to quantize must be F32, F16 or BF16; got ", DTypeName(spec.dtype)));
   }
-  auto reservation = Reserve(engine, spec.name, spec.params, spec.n, spec.k, spec.has_bias);
+  auto reservation =
+      engine->catalog().Reserve(spec.name, spec.params, spec.n, spec.k, spec.has_bias);
   if (!reservation.ok()) return reservation.status();
   std::unique_ptr<QuantizeUpload> up(new QuantizeUpload());
   try {
@@ -162,8 +137,10 @@ absl::StatusOr<std::shared_ptr<const Layer>> QuantizeUpload::Finish() {
     return absl::InvalidArgumentError(absl::StrCat("bias stream ended early: got ",
                                                    bias_bytes_.size(), " of ", bias_want, " bytes"));
   }
-  return BuildAndPublish(engine_, spec_.name, q_, ToFloats(spec_.dtype, bias_bytes_),
-                         error_.Finish(), spec_.replace, std::move(reservation_));
+  return Publish(engine_,
+                 LoadedLayer{spec_.name, std::move(q_), ToFloats(spec_.dtype, bias_bytes_),
+                             error_.Finish()},
+                 spec_.replace, std::move(reservation_));
 }
 
 absl::StatusOr<std::unique_ptr<LoadUpload>> LoadUpload::Start(Engine* engine,
@@ -181,7 +158,8 @@ absl::StatusOr<std::unique_ptr<LoadUpload>> LoadUpload::Start(Engine* engine,
     return absl::InvalidArgumentError(
         absl::StrCat("bias must be F32, F16 or BF16; got ", DTypeName(spec.bias_dtype)));
   }
-  auto reservation = Reserve(engine, spec.name, spec.params, spec.n, spec.k, spec.has_bias);
+  auto reservation =
+      engine->catalog().Reserve(spec.name, spec.params, spec.n, spec.k, spec.has_bias);
   if (!reservation.ok()) return reservation.status();
   std::unique_ptr<LoadUpload> up(new LoadUpload());
   up->engine_ = engine;
@@ -260,19 +238,10 @@ absl::StatusOr<std::shared_ptr<const Layer>> LoadUpload::Finish() {
   q.biases = std::move(parts_[2]);
   absl::Status s = ValidateQuantizedValues(q);
   if (!s.ok()) return s;
-  return BuildAndPublish(engine_, spec_.name, q, ToFloats(spec_.bias_dtype, parts_[3]),
-                         std::nullopt, spec_.replace, std::move(reservation_));
-}
-
-absl::StatusOr<std::shared_ptr<const Layer>> PublishQuantized(
-    Engine* engine, const std::string& name, const QuantizedMatrix& q, std::vector<float> bias,
-    std::optional<ErrorReport> report, bool replace) {
-  absl::Status s = CheckCommon(engine, name, q.n, q.k, q.params, replace);
-  if (!s.ok()) return s;
-  auto reservation = Reserve(engine, name, q.params, q.n, q.k, !bias.empty());
-  if (!reservation.ok()) return reservation.status();
-  return BuildAndPublish(engine, name, q, std::move(bias), report, replace,
-                         *std::move(reservation));
+  return Publish(engine_,
+                 LoadedLayer{spec_.name, std::move(q), ToFloats(spec_.bias_dtype, parts_[3]),
+                             std::nullopt},
+                 spec_.replace, std::move(reservation_));
 }
 
 }  // namespace qlinear

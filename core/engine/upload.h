@@ -5,8 +5,9 @@
 // so a layer of any size streams through bounded memory. LoadUpload takes
 // MLX's pre-quantized tensors in order (weight, scales, biases, bias).
 //
-// Both reserve the finished layer's bytes against the engine's memory budget
-// when they start (RESOURCE_EXHAUSTED if they do not fit) and release them if
+// Both publish through the engine's catalog (so, with --state-dir, the layer
+// is stored durably before Finish returns) and reserve the finished layer's
+// bytes against the memory budget when they start (RESOURCE_EXHAUSTED if they do not fit) and release them if
 // abandoned. Errors: INVALID_ARGUMENT for bad specs, sizes, order or values
 // (naming what was expected and what came), ALREADY_EXISTS, UNAVAILABLE when
 // the engine drains.
@@ -89,12 +90,6 @@ class LoadUpload {
   std::vector<uint8_t> parts_[4];
   int current_ = 0;
 };
-
-// Publish builds a layer from a whole QuantizedMatrix (server start-up,
-// files), reserving its bytes. `bias` is empty or q.n floats.
-absl::StatusOr<std::shared_ptr<const Layer>> PublishQuantized(
-    Engine* engine, const std::string& name, const QuantizedMatrix& q, std::vector<float> bias,
-    std::optional<ErrorReport> report, bool replace);
 
 }  // namespace qlinear
 

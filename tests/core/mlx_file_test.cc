@@ -272,23 +272,6 @@ TEST_F(MlxFileTest, QuantizedTensorsNamesAndShapes) {
   EXPECT_THAT(down[1].shape, ElementsAre(kN, 8));
 }
 
-TEST_F(MlxFileTest, FindQuantizedLayers) {
-  std::vector<TensorToWrite> tensors = ModelTensors();
-  const std::vector<float> norm(kK, 1.0f);
-  const std::vector<uint32_t> ids(kN * 32, 7);
-  const std::vector<float> lone_scales(4, 1.0f);
-  tensors.push_back({"model.norm.weight", DType::kF32, {kK}, BytesOf(norm)});
-  // A U32 weight without scales and scales without a weight are no layers.
-  tensors.push_back({"model.ids.weight", DType::kU32, {kN, 32}, BytesOf(ids)});
-  tensors.push_back(
-      {"model.lone.scales", DType::kF32, {4}, BytesOf(lone_scales)});
-  const std::string path = dir_.File("model.safetensors");
-  WriteModel(path, tensors, {});
-  auto file = OpenModel(path);
-  ASSERT_NE(file, nullptr);
-  EXPECT_THAT(FindQuantizedLayers(*file), ElementsAre(kDown, kGate, kUp));
-}
-
 TEST_F(MlxFileTest, ResolveWithoutAnySourceListsCandidates) {
   const std::string path = dir_.File("model.safetensors");
   WriteModel(path, ModelTensors(), {});
@@ -748,46 +731,6 @@ TEST_F(MlxFileTest, NonFiniteScalesAreInvalid) {
   EXPECT_THAT(
       Message(down.status()),
       AllOf(HasSubstr(kDown), HasSubstr("row 6, group 7"), HasSubstr("0xFF")));
-}
-
-// The one rule for which float weights quantize, shared by `quantize`,
-// `upload` and `qlinear-server --model`.
-TEST(FindFloatWeightsTest, ListsFloatWeightsWithWhyTheyAreSkipped) {
-  ScopedTempDir dir("find_float_weights");
-  const std::string path = dir.path() + "/m.safetensors";
-  const std::vector<float> f32(4 * 64, 0.5f);
-  const std::vector<uint16_t> h16(4 * 48, 0x3C00), b16(4 * 64, 0x3F80);
-  const std::vector<double> f64(4 * 64, 0.5);
-  const std::vector<uint32_t> u32(4 * 8, 0);
-  const std::vector<float> zeros(4, 0.0f);
-  const std::vector<TensorToWrite> tensors = {
-      {"a.weight", DType::kF32, {4, 64}, BytesOf(f32)},
-      {"a.bias", DType::kF32, {4}, BytesOf(zeros)},
-      {"b.weight", DType::kF16, {4, 48}, BytesOf(h16)},
-      {"c.weight", DType::kF64, {4, 64}, BytesOf(f64)},
-      {"d.weight", DType::kBF16, {0, 64}, absl::Span<const uint8_t>()},
-      {"e.weight", DType::kU32, {4, 8}, BytesOf(u32)},
-      {"f.weight", DType::kF32, {1, 4, 64}, BytesOf(f32)},
-      {"g.weight", DType::kBF16, {4, 64}, BytesOf(b16)},
-  };
-  ASSERT_TRUE(WriteSafetensors(path, tensors, {}).ok());
-  auto file = SafetensorsFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status();
-  const std::vector<FloatWeight> weights = FindFloatWeights(**file, kAffine4);
-  std::vector<std::string> layers, reasons;
-  for (const FloatWeight& w : weights) {
-    EXPECT_EQ(w.tensor->name, w.layer + ".weight");
-    layers.push_back(w.layer);
-    reasons.push_back(w.skip_reason);
-  }
-  EXPECT_THAT(layers, ElementsAre("a", "b", "c", "d", "g"));
-  EXPECT_EQ(reasons[0], "");
-  EXPECT_THAT(reasons[1], HasSubstr("K=48 is not a multiple of the group size 64"));
-  EXPECT_THAT(reasons[2], HasSubstr("F64"));
-  EXPECT_THAT(reasons[3], HasSubstr("empty"));
-  EXPECT_EQ(reasons[4], "");
-  // With nvfp4's 16-element groups, K=48 quantizes.
-  EXPECT_EQ(FindFloatWeights(**file, DefaultQuantParams(QuantMode::kNvfp4))[1].skip_reason, "");
 }
 
 }  // namespace

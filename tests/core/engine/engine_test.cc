@@ -1,4 +1,4 @@
-// The serving core without gRPC: registry, memory budget, batcher, stats.
+// The serving core without gRPC: catalog, memory budget, batcher, stats.
 #include "core/engine/engine.h"
 
 #include <atomic>
@@ -28,17 +28,26 @@ QuantizedMatrix MakeMatrix(int64_t n, int64_t k, uint64_t seed) {
   return *Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), n, k);
 }
 
+LoadedLayer MakeLoaded(const std::string& name, int64_t n, int64_t k, uint64_t seed,
+                       bool bias = true) {
+  LoadedLayer layer{name, MakeMatrix(n, k, seed), {}, std::nullopt};
+  if (bias) {
+    for (int64_t i = 0; i < n; ++i) layer.bias.push_back(0.01f * static_cast<float>(i));
+  }
+  return layer;
+}
+
+// An unpublished copy, to compute the answers a layer will give.
+std::shared_ptr<const Layer> Unpublished(const LoadedLayer& l) {
+  return Layer::Create(l.name, l.q, l.bias, std::nullopt, 0, Reservation());
+}
+
+// MakeLayer publishes a seeded layer through the catalog.
 std::shared_ptr<const Layer> MakeLayer(Engine& engine, const std::string& name, int64_t n,
                                        int64_t k, uint64_t seed, bool bias = true) {
-  const QuantizedMatrix q = MakeMatrix(n, k, seed);
-  std::vector<float> b;
-  if (bias) {
-    for (int64_t i = 0; i < n; ++i) b.push_back(0.01f * static_cast<float>(i));
-  }
-  const uint64_t bytes = Layer::PackedBytes(q.params, n, k, bias);
-  EXPECT_TRUE(engine.budget().TryReserve(bytes, name).ok());
-  return Layer::Create(name, q, std::move(b), std::nullopt, engine.registry().NextVersion(),
-                       Reservation(&engine.budget(), bytes));
+  auto layer = engine.catalog().Publish(MakeLoaded(name, n, k, seed, bias), {}, false);
+  EXPECT_TRUE(layer.ok()) << layer.status();
+  return layer.ok() ? *layer : nullptr;
 }
 
 std::vector<float> RandomRows(int64_t rows, int64_t k, uint64_t seed) {
@@ -117,40 +126,61 @@ TEST(RegistryTest, ReservationShrinksToWhatTheLayerHolds) {
   EXPECT_EQ(budget.used(), 0u);
 }
 
-TEST(RegistryTest, PublishReplaceUnloadAndMemory) {
+TEST(CatalogTest, PublishReplaceUnloadAndMemory) {
   auto engine = MakeEngine({.max_memory_bytes = 1 << 20});
+  Catalog& catalog = engine->catalog();
   auto v1 = MakeLayer(*engine, "a", 32, 128, 1);
-  const uint64_t one = engine->budget().used();
+  const uint64_t one = catalog.bytes_held();
   EXPECT_GT(one, 0u);
   EXPECT_EQ(one, v1->info().bytes_held);
-  ASSERT_TRUE(engine->registry().Publish(v1, false).ok());
-  auto dup = MakeLayer(*engine, "a", 32, 128, 2);
-  absl::Status s = engine->registry().Publish(dup, false);
-  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_THAT(s.message(), HasSubstr("'a'"));
-  ASSERT_TRUE(engine->registry().Publish(dup, true).ok());
-  EXPECT_EQ(engine->registry().Get("a")->layer->info().version, dup->info().version);
-  EXPECT_GT(dup->info().version, v1->info().version);
+  EXPECT_EQ(v1->info().origin.kind, OriginKind::kUpload);
+  auto dup = catalog.Publish(MakeLoaded("a", 32, 128, 2), {}, false);
+  EXPECT_EQ(dup.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(dup.status().message(), HasSubstr("'a'"));
+  EXPECT_EQ(catalog.bytes_held(), one);  // a refused layer holds nothing
+  dup = catalog.Publish(MakeLoaded("a", 32, 128, 2), {OriginKind::kModel, "m"}, true);
+  ASSERT_TRUE(dup.ok()) << dup.status();
+  EXPECT_EQ(catalog.Get("a")->layer->info().version, (*dup)->info().version);
+  EXPECT_EQ((*dup)->info().origin.source, "m");
+  EXPECT_GT((*dup)->info().version, v1->info().version);
   // Both versions are held while someone holds the old one.
-  EXPECT_EQ(engine->budget().used(), 2 * one);
+  EXPECT_EQ(catalog.bytes_held(), 2 * one);
   v1.reset();
-  EXPECT_EQ(engine->budget().used(), one);
-  dup.reset();
-  EXPECT_EQ(engine->budget().used(), one);  // still published
-  ASSERT_TRUE(engine->registry().Unload("a").ok());
-  EXPECT_EQ(engine->budget().used(), 0u);
-  EXPECT_EQ(engine->registry().Get("a").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(engine->registry().Unload("a").code(), absl::StatusCode::kNotFound);
-  // The budget refuses what does not fit, naming the sizes.
-  absl::Status big = engine->budget().TryReserve(2 << 20, "layer 'huge'");
-  EXPECT_EQ(big.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(big.message(), HasSubstr("layer 'huge'"));
+  EXPECT_EQ(catalog.bytes_held(), one);
+  dup->reset();
+  EXPECT_EQ(catalog.bytes_held(), one);  // still published
+  ASSERT_TRUE(catalog.Unload("a").ok());
+  EXPECT_EQ(catalog.bytes_held(), 0u);
+  EXPECT_EQ(catalog.Get("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(catalog.Unload("a").code(), absl::StatusCode::kNotFound);
+  // The budget refuses what does not fit, naming the layer.
+  auto big = catalog.Publish(MakeLoaded("huge", 4096, 512, 3), {}, false);
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(big.status().message(), HasSubstr("layer 'huge'"));
+  EXPECT_EQ(catalog.bytes_held(), 0u);
+  // A bias that is not finite, and an empty name, are refused.
+  LoadedLayer nan = MakeLoaded("nan", 8, 64, 4);
+  nan.bias[3] = std::nanf("");
+  EXPECT_EQ(catalog.Publish(nan, {}, false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(catalog.Publish(MakeLoaded("", 8, 64, 4), {}, false).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Versions continue above a seed (a state dir's largest), never reused.
+  catalog.SeedVersions(100);
+  auto seeded = catalog.Publish(MakeLoaded("s", 8, 64, 5), {}, false);
+  ASSERT_TRUE(seeded.ok());
+  EXPECT_EQ((*seeded)->info().version, 101u);
+  catalog.SeedVersions(50);  // never goes back
+  EXPECT_EQ((*catalog.Publish(MakeLoaded("t", 8, 64, 5), {}, false))->info().version, 102u);
+  // Draining refuses every change.
+  engine->Drain(Clock::now());
+  EXPECT_EQ(catalog.Unload("s").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(catalog.Publish(MakeLoaded("u", 8, 64, 5), {}, false).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST(EngineTest, ForwardMatchesTheKernelAndValidates) {
   auto engine = MakeEngine();
   auto layer = MakeLayer(*engine, "l", 48, 256, 3);
-  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
   const std::vector<float> x = RandomRows(3, 256, 4);
   Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 3, 256));
   ASSERT_TRUE(r.status.ok()) << r.status;
@@ -188,7 +218,7 @@ TEST(EngineTest, ForwardMatchesTheKernelAndValidates) {
   req.x_dtype = DType::kU8;
   Call(*engine, req, &s);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  auto stats = engine->registry().Get("l")->stats;
+  auto stats = engine->catalog().Get("l")->stats;
   EXPECT_EQ(stats->requests(absl::StatusCode::kOk), 2u);
   EXPECT_EQ(stats->rows(absl::StatusCode::kOk), 6u);
   EXPECT_EQ(stats->requests(absl::StatusCode::kInvalidArgument), 3u);
@@ -199,7 +229,6 @@ TEST(EngineTest, ForwardMatchesTheKernelAndValidates) {
 TEST(EngineTest, ConcurrentRowsBatchAndStayBitIdentical) {
   auto engine = MakeEngine({.max_batch_rows = 64, .max_batch_delay_us = 20000});
   auto layer = MakeLayer(*engine, "l", 80, 512, 5);
-  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
   const int kClients = 64;
   const std::vector<float> x = RandomRows(kClients, 512, 6);
   std::vector<Engine::ForwardResult> results(kClients);
@@ -216,7 +245,7 @@ TEST(EngineTest, ConcurrentRowsBatchAndStayBitIdentical) {
     biggest = std::max(biggest, results[c].batch_rows);
   }
   EXPECT_GT(biggest, 1);
-  auto stats = engine->registry().Get("l")->stats;
+  auto stats = engine->catalog().Get("l")->stats;
   EXPECT_LT(stats->batches(), static_cast<uint64_t>(kClients));
   EXPECT_EQ(stats->rows(absl::StatusCode::kOk), static_cast<uint64_t>(kClients));
   EXPECT_GT(stats->batch_rows.Read().max, 1.0);
@@ -225,20 +254,18 @@ TEST(EngineTest, ConcurrentRowsBatchAndStayBitIdentical) {
 TEST(EngineTest, LargeRequestsSplitAcrossBatches) {
   auto engine = MakeEngine({.max_batch_rows = 16});
   auto layer = MakeLayer(*engine, "l", 40, 128, 7);
-  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
   const std::vector<float> x = RandomRows(53, 128, 8);
   Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 53, 128));
   ASSERT_TRUE(r.status.ok());
   const std::vector<float> want = Solo(*layer, x.data(), 53);
   EXPECT_EQ(std::memcmp(r.y.data(), want.data(), want.size() * 4), 0);
   EXPECT_EQ(r.batch_rows, 16);
-  EXPECT_EQ(engine->registry().Get("l")->stats->batches(), 4u);
+  EXPECT_EQ(engine->catalog().Get("l")->stats->batches(), 4u);
 }
 
 TEST(EngineTest, DeadlineCancelAndQueueLimits) {
   auto engine = MakeEngine({.max_batch_rows = 1024, .max_batch_delay_us = 200000, .max_queue_rows = 10});
   auto layer = MakeLayer(*engine, "l", 16, 64, 9);
-  ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
   const std::vector<float> x = RandomRows(8, 64, 10);
   std::promise<Engine::ForwardResult> expired, cancelled, ok;
   Engine::ForwardRequest a = Request("l", x.data(), 1, 64);
@@ -258,7 +285,7 @@ TEST(EngineTest, DeadlineCancelAndQueueLimits) {
   EXPECT_EQ(expired.get_future().get().status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(cancelled.get_future().get().status.code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(ok.get_future().get().status.ok());
-  auto stats = engine->registry().Get("l")->stats;
+  auto stats = engine->catalog().Get("l")->stats;
   EXPECT_EQ(stats->requests(absl::StatusCode::kDeadlineExceeded), 1u);
   EXPECT_EQ(stats->requests(absl::StatusCode::kCancelled), 1u);
   EXPECT_EQ(stats->requests(absl::StatusCode::kResourceExhausted), 1u);
@@ -270,7 +297,6 @@ TEST(EngineTest, DrainAnswersEveryAcceptedRequest) {
   for (bool in_time : {true, false}) {
     auto engine = MakeEngine({.max_batch_rows = 4});
     auto layer = MakeLayer(*engine, "l", 512, 1024, 11);
-    ASSERT_TRUE(engine->registry().Publish(layer, false).ok());
     const std::vector<float> x = RandomRows(8, 1024, 12);
     std::atomic<int> answered{0}, ok{0}, unavailable{0};
     const int kRequests = 200;
@@ -297,8 +323,9 @@ TEST(EngineTest, DrainAnswersEveryAcceptedRequest) {
 TEST(EngineTest, ReplaceUnderLoadNeverMixes) {
   auto engine = MakeEngine({.max_batch_rows = 32});
   auto v1 = MakeLayer(*engine, "l", 64, 256, 13);
-  auto v2 = MakeLayer(*engine, "l", 64, 256, 14);
-  ASSERT_TRUE(engine->registry().Publish(v1, false).ok());
+  const LoadedLayer v2_loaded = MakeLoaded("l", 64, 256, 14);
+  auto v2 = Unpublished(v2_loaded);
+  std::atomic<uint64_t> v2_version{0};
   const std::vector<float> x = RandomRows(1, 256, 15);
   const std::vector<float> y1 = Solo(*v1, x.data(), 1), y2 = Solo(*v2, x.data(), 1);
   std::atomic<bool> stop{false};
@@ -310,15 +337,17 @@ TEST(EngineTest, ReplaceUnderLoadNeverMixes) {
         Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 1, 256));
         if (!r.status.ok()) continue;
         if (std::memcmp(r.y.data(), y1.data(), y1.size() * 4) == 0 && r.version == v1->info().version) old_seen++;
-        else if (std::memcmp(r.y.data(), y2.data(), y2.size() * 4) == 0 && r.version == v2->info().version) new_seen++;
+        else if (std::memcmp(r.y.data(), y2.data(), y2.size() * 4) == 0 && r.version == v2_version) new_seen++;
         else bad++;
       }
     });
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // load, not timing
-  ASSERT_TRUE(engine->registry().Publish(v2, true).ok());
+  auto published = engine->catalog().Publish(v2_loaded, {}, true);
+  ASSERT_TRUE(published.ok());
+  v2_version = (*published)->info().version;
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_TRUE(engine->registry().Unload("l").ok());
+  ASSERT_TRUE(engine->catalog().Unload("l").ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   stop = true;
   for (auto& t : clients) t.join();

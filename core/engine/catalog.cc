@@ -1,0 +1,97 @@
+#include "core/engine/catalog.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace qlinear {
+
+Catalog::Catalog(uint64_t max_memory_bytes) : budget_(max_memory_bytes) {}
+
+void Catalog::AttachStore(std::unique_ptr<LayerStore> store) {
+  absl::MutexLock lock(&mu_);
+  store_ = std::move(store);
+}
+
+void Catalog::SeedVersions(uint64_t version) { registry_.SeedVersions(version); }
+
+absl::Status Catalog::CheckName(const std::string& name, bool replace) const {
+  absl::MutexLock lock(&mu_);
+  return CheckNameLocked(name, replace);
+}
+
+absl::Status Catalog::CheckNameLocked(const std::string& name, bool replace) const {
+  if (draining_) return absl::UnavailableError("server is shutting down");
+  if (name.empty()) return absl::InvalidArgumentError("layer name must not be empty");
+  if (!replace && registry_.Contains(name)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("layer '", name, "' already exists; set replace to swap it"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Reservation> Catalog::Reserve(const std::string& name, const QuantParams& params,
+                                             int64_t n, int64_t k, bool has_bias) {
+  const uint64_t bytes = Layer::PackedBytes(params, n, k, has_bias);
+  absl::Status s = budget_.TryReserve(bytes, absl::StrCat("layer '", name, "'"));
+  if (!s.ok()) return s;
+  return Reservation(&budget_, bytes);
+}
+
+absl::StatusOr<std::shared_ptr<const Layer>> Catalog::Publish(const LoadedLayer& layer,
+                                                             LayerOrigin origin, bool replace,
+                                                             uint64_t version) {
+  auto reservation = Reserve(layer.name, layer.q.params, layer.q.n, layer.q.k, !layer.bias.empty());
+  if (!reservation.ok()) return reservation.status();
+  return Publish(layer, std::move(origin), replace, *std::move(reservation), version);
+}
+
+absl::StatusOr<std::shared_ptr<const Layer>> Catalog::Publish(const LoadedLayer& layer,
+                                                             LayerOrigin origin, bool replace,
+                                                             Reservation reservation,
+                                                             uint64_t version) {
+  for (size_t i = 0; i < layer.bias.size(); ++i) {
+    if (!std::isfinite(layer.bias[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("bias of layer '", layer.name,
+                                                     "' must be finite; got ", layer.bias[i],
+                                                     " at index ", i));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  absl::Status s = CheckNameLocked(layer.name, replace);
+  if (!s.ok()) return s;
+  if (version == 0) version = registry_.NextVersion();
+  if (store_ != nullptr && origin.kind == OriginKind::kUpload) {
+    s = store_->Put(layer, version);
+    if (!s.ok()) return s;
+    // The layer now lives in the state dir; a restart reads it from there.
+    CrashPoint("catalog-after-store");
+  } else if (store_ != nullptr && replace) {
+    // A layer from elsewhere replacing a stored one: the stored copy must
+    // not come back at the next start.
+    s = store_->Remove(layer.name);
+    if (!s.ok()) return s;
+  }
+  auto published = Layer::Create(layer.name, layer.q, layer.bias, layer.report, version,
+                                 std::move(reservation), std::move(origin));
+  // Cannot fail: the name was checked under the same lock.
+  s = registry_.Publish(published, replace);
+  if (!s.ok()) return s;
+  return published;
+}
+
+absl::Status Catalog::Unload(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("server is shutting down");
+  if (!registry_.Contains(name)) {
+    return absl::NotFoundError(absl::StrCat("layer '", name, "' is not loaded"));
+  }
+  if (store_ != nullptr) {
+    absl::Status s = store_->Remove(name);
+    if (!s.ok()) return s;
+    CrashPoint("catalog-after-remove");
+  }
+  return registry_.Unload(name);
+}
+
+}  // namespace qlinear
