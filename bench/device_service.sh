@@ -42,7 +42,7 @@ run() {
   cd "$(dirname "$0")"
   export LD_LIBRARY_PATH=$PWD/lib
   echo "== kernel, 2 threads pinned to cores 0-1"
-  QLINEAR_THREADS=2 taskset -c 0,1 ./qlinear_kernel_bench \
+  QLINEAR_BENCH_THREADS=2 taskset -c 0,1 ./qlinear_kernel_bench \
     --benchmark_filter='qmm/affine_b4_g64/f32/N4096_K4096/M(1|16|32|64)/real_time' \
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 |
     grep median | awk '{print $1, $2, $3, $7}'

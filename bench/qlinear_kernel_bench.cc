@@ -14,7 +14,7 @@
 // (DRAM) M=1 and M=8 cases with the plain read beside them, the reference
 // at M <= 8 and OpenBLAS beside each. Passing --benchmark_filter also
 // registers N=11008,K=4096 and N=4096,K=11008.
-// Threads: QLINEAR_THREADS (default: all cores).
+// Threads: QLINEAR_BENCH_THREADS (default: all cores).
 #include <cblas.h>
 
 #include <cstdlib>
@@ -47,7 +47,7 @@ struct Layer {
 };
 
 int Threads() {
-  const char* env = std::getenv("QLINEAR_THREADS");
+  const char* env = std::getenv("QLINEAR_BENCH_THREADS");
   return env != nullptr ? std::atoi(env) : tbb::info::default_concurrency();
 }
 

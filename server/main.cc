@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,112 +16,51 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
-#include "core/flags.h"
 #include "core/engine/startup.h"
 #include "core/half.h"
 #include "server/server.h"
+#include "server/settings.h"
 
 namespace qlinear {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: qlinear-server [flags]\n"
-    "  --listen HOST:PORT        address to serve on (default 127.0.0.1:50051)\n"
-    "  --threads N               compute threads (default 0 = every core)\n"
-    "  --max-batch-rows N        most rows per batch (default 128; 1 disables batching)\n"
-    "  --max-batch-delay-us N    how long a non-full batch may wait (default 0)\n"
-    "  --max-queue-rows N        queued rows before RESOURCE_EXHAUSTED (default 8192)\n"
-    "  --max-memory-mb N         bytes all layers may hold, in MiB (default 3/4 of physical\n"
-    "                            memory; 0 = unlimited)\n"
-    "  --max-message-mb N        largest gRPC message, in MiB (default 64)\n"
-    "  --drain-timeout-s N       on SIGINT/SIGTERM, how long to finish accepted work (default 30)\n"
-    "  --model PATH              a .safetensors file or an mlx-lm model folder (repeatable):\n"
-    "                            MLX triplets as they are, float .weight tensors quantized\n"
-    "                            with --bits/--group-size/--mode\n"
-    "  --bits B --group-size G --mode affine|mxfp4|mxfp8|nvfp4   for float weights\n"
-    "                            (default affine, MLX's defaults per mode)\n"
-    "  --state-dir DIR           keep every uploaded layer in DIR (synced before the upload\n"
-    "                            answers) and serve them again at the next start\n"
-    "With neither --model nor --state-dir, serves layer 'demo': 4096x4096, affine b4 g64,\n"
-    "seeded random float16 weights.\n";
-
-// Three quarters of physical memory: a bound by default, so that no upload
-// can push the host into the OOM killer. 0 on the command line = unlimited.
-int64_t DefaultMemoryMb() {
-  const long pages = sysconf(_SC_PHYS_PAGES);
-  const long page = sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page <= 0) return 0;
-  return static_cast<int64_t>(pages) * page / 4 * 3 >> 20;
-}
-
 int Usage(absl::string_view message) {
   std::fprintf(stderr, "qlinear-server: %.*s\n%s", static_cast<int>(message.size()),
-               message.data(), kUsage);
+               message.data(), HelpText().c_str());
   return 2;
 }
 
 int Main(int argc, char** argv) {
-  std::vector<std::string> models;
-  // --model repeats: collect them before the single-valued parse.
-  std::vector<char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--model" && i + 1 < argc) {
-      models.push_back(argv[++i]);
-    } else if (absl::StartsWith(arg, "--model=")) {
-      models.push_back(arg.substr(8));
-    } else {
-      rest.push_back(argv[i]);
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      std::fputs(HelpText().c_str(), stdout);
+      return 0;
     }
   }
-  auto flags = Flags::Parse(static_cast<int>(rest.size()), rest.data(), 1,
-                            {"listen", "threads", "max-batch-rows", "max-batch-delay-us",
-                             "max-queue-rows", "max-memory-mb", "max-message-mb",
-                             "drain-timeout-s", "bits", "group-size", "mode", "model",
-                             "state-dir"},
-                            {"help"});
-  if (!flags.ok()) return Usage(flags.status().message());
-  if (flags->Has("help")) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  if (!flags->positional().empty()) return Usage(absl::StrCat("unexpected argument '", flags->positional()[0], "'"));
+  auto settings = Settings::Parse(argc, argv, [](const char* name) { return std::getenv(name); });
+  if (!settings.ok()) return Usage(settings.status().message());
   ServerOptions options;
   options.serving_on_start = false;  // SERVING once the layers are loaded
-  if (auto v = flags->Get("listen")) options.listen = *v;
-  struct IntFlag {
-    const char* name;
-    int64_t min, max;
-    int64_t value;
-  };
-  std::vector<IntFlag> ints = {{"threads", 0, 1024, 0},
-                               {"max-batch-rows", 1, 1 << 20, 128},
-                               {"max-batch-delay-us", 0, 10'000'000, 0},
-                               {"max-queue-rows", 1, int64_t{1} << 32, 8192},
-                               {"max-memory-mb", 0, int64_t{1} << 30, DefaultMemoryMb()},
-                               {"max-message-mb", 1, 2047, 64},
-                               {"drain-timeout-s", 0, 86400, 30}};
-  for (IntFlag& f : ints) {
-    auto v = flags->GetInt(f.name);
-    if (!v.ok()) return Usage(v.status().message());
-    if (*v) {
-      if (**v < f.min || **v > f.max) {
-        return Usage(absl::StrCat("--", f.name, " must be in [", f.min, ", ", f.max, "]; got ", **v));
-      }
-      f.value = **v;
-    }
-  }
-  options.engine.threads = static_cast<int>(ints[0].value);
-  options.engine.max_batch_rows = ints[1].value;
-  options.engine.max_batch_delay_us = ints[2].value;
-  options.engine.max_queue_rows = ints[3].value;
-  options.engine.max_memory_bytes = static_cast<uint64_t>(ints[4].value) << 20;
-  options.max_message_mb = static_cast<int>(ints[5].value);
-  const int64_t drain_timeout_s = ints[6].value;
-  auto quant_flags = ParseQuantFlags(*flags);
-  if (!quant_flags.ok()) return Usage(quant_flags.status().message());
-  auto params = MakeQuantParams(*quant_flags);
+  options.listen = settings->String("listen");
+  options.engine.threads = static_cast<int>(settings->Int("threads"));
+  options.engine.max_batch_rows = settings->Int("max-batch-rows");
+  options.engine.max_batch_delay_us = settings->Int("max-batch-delay-us");
+  options.engine.max_queue_rows = settings->Int("max-queue-rows");
+  options.engine.max_memory_bytes = static_cast<uint64_t>(settings->Int("max-memory-mb")) << 20;
+  options.max_message_mb = static_cast<int>(settings->Int("max-message-mb"));
+  const int64_t drain_timeout_s = settings->Int("drain-timeout-s");
+  auto mode = ParseQuantMode(settings->String("mode"));
+  if (!mode.ok()) return Usage(mode.status().message());
+  auto params = MakeQuantParams(
+      *mode, settings->IsSet("bits") ? std::optional<int>(settings->Int("bits")) : std::nullopt,
+      settings->IsSet("group-size") ? std::optional<int>(settings->Int("group-size"))
+                                    : std::nullopt);
   if (!params.ok()) return Usage(params.status().message());
+  if (settings->IsSet("simd") && settings->String("simd") != "best") {
+    // The kernels read their cap once, from this variable: the flag and
+    // QLINEAR_SIMD are one setting with one meaning.
+    setenv("QLINEAR_SIMD", settings->String("simd").c_str(), 1);
+  }
 
   // Signals are taken synchronously by the main thread (sigwait), so every
   // other thread must start with them blocked.
@@ -136,12 +77,9 @@ int Main(int argc, char** argv) {
   }
   Engine& engine = (*server)->engine();
   StartupOptions startup;
-  startup.models = models;
+  startup.models = settings->List("model");
   startup.checkpoint.float_params = *params;
-  if (auto dir = flags->Get("state-dir")) {
-    if (dir->empty()) return Usage("--state-dir must name a folder");
-    startup.state_dir = *dir;
-  }
+  startup.state_dir = settings->String("state-dir");
   std::vector<std::string> notes;
   absl::Status loaded = LoadAtStart(&engine, startup, &notes);
   for (const std::string& note : notes) {
@@ -170,7 +108,7 @@ int Main(int argc, char** argv) {
       static_cast<long long>(options.engine.max_batch_rows),
       static_cast<long long>(options.engine.max_batch_delay_us),
       static_cast<long long>(options.engine.max_queue_rows),
-      static_cast<long long>(ints[4].value), BuildInfo().c_str());
+      static_cast<long long>(settings->Int("max-memory-mb")), BuildInfo().c_str());
   std::fflush(stdout);
 
   int sig = 0;
