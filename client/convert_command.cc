@@ -9,8 +9,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
-#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -22,8 +20,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "client/command.h"
+#include "client/convert_rules.h"
+#include "client/mlx_lm_json.h"
 #include "core/checkpoint.h"
 #include "core/flags.h"
 #include "core/half.h"
@@ -36,193 +35,13 @@ namespace qlinear {
 namespace {
 
 using OJson = nlohmann::ordered_json;
-
-// ---- Python's json.dump(obj, f, indent=4): what mlx-lm's config.json and
-// index are byte for byte (ensure_ascii, float repr, ", " / ": " layout).
-
-std::string PyFloat(double v) {
-  if (std::isnan(v)) return "NaN";
-  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
-  // Shortest round-trip digits, as repr() picks them; then repr's layout:
-  // exponent form when the decimal point lies before -4 or past 16 digits.
-  char buf[64];
-  auto res = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::scientific);
-  std::string s(buf, res.ptr);
-  std::string sign;
-  if (s[0] == '-') sign = "-", s.erase(0, 1);
-  const size_t e = s.find('e');
-  const int exp10 = std::stoi(s.substr(e + 1));
-  std::string digits = s.substr(0, e);
-  digits.erase(std::remove(digits.begin(), digits.end(), '.'), digits.end());
-  const int point = exp10 + 1;  // digits before the decimal point
-  const int n = static_cast<int>(digits.size());
-  if (point > -4 && point <= 16) {
-    if (point <= 0) return sign + "0." + std::string(-point, '0') + digits;
-    if (point >= n) return sign + digits + std::string(point - n, '0') + ".0";
-    return sign + digits.substr(0, point) + "." + digits.substr(point);
-  }
-  std::string mant = digits.substr(0, 1);
-  if (n > 1) mant += "." + digits.substr(1);
-  return absl::StrFormat("%s%se%c%02d", sign, mant, exp10 < 0 ? '-' : '+', std::abs(exp10));
-}
-
-void PyString(const std::string& s, std::string* out) {
-  out->push_back('"');
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    uint32_t cp = c;
-    int len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;  // nlohmann checked the UTF-8
-    if (len > 1) cp = c & (0x7F >> len);
-    for (int j = 1; j < len; ++j) cp = (cp << 6) | (static_cast<unsigned char>(s[i + j]) & 0x3F);
-    i += len;
-    static constexpr char kFrom[] = "\"\\\n\r\t\b\f", kTo[] = "\"\\nrtbf";
-    if (const char* e = cp != 0 && cp < 0x80 ? std::strchr(kFrom, static_cast<int>(cp)) : nullptr) {
-      *out += {'\\', kTo[e - kFrom]};
-      continue;
-    }
-    if (cp >= 0x20 && cp < 0x7F) {
-      out->push_back(static_cast<char>(cp));
-    } else if (cp < 0x10000) {
-      absl::StrAppendFormat(out, "\\u%04x", cp);
-    } else {
-      cp -= 0x10000;
-      absl::StrAppendFormat(out, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
-    }
-  }
-  out->push_back('"');
-}
-
-void PyDump(const OJson& j, int level, std::string* out) {
-  const std::string inner(4 * (level + 1), ' '), outer(4 * level, ' ');
-  switch (j.type()) {
-    case OJson::value_t::object:
-    case OJson::value_t::array: {
-      const bool object = j.is_object();
-      if (j.empty()) {
-        *out += object ? "{}" : "[]";
-        return;
-      }
-      *out += object ? "{" : "[";
-      for (auto it = j.begin(); it != j.end(); ++it) {
-        *out += (it == j.begin() ? "\n" : ",\n") + inner;
-        if (object) {
-          PyString(it.key(), out);
-          *out += ": ";
-        }
-        PyDump(*it, level + 1, out);
-      }
-      *out += "\n" + outer + (object ? "}" : "]");
-      return;
-    }
-    case OJson::value_t::string:
-      PyString(j.get<std::string>(), out);
-      return;
-    case OJson::value_t::number_float:
-      *out += PyFloat(j.get<double>());
-      return;
-    case OJson::value_t::boolean:
-      *out += j.get<bool>() ? "true" : "false";
-      return;
-    case OJson::value_t::null:
-      *out += "null";
-      return;
-    default:
-      *out += j.dump();
-      return;  // integers
-  }
-}
-
-std::string PyDumps(const OJson& j) {
-  std::string out;
-  PyDump(j, 0, &out);
-  return out;
-}
-
-// Python's truth value of a JSON value (mlx-lm tests config fields with `if`).
-bool Truthy(const OJson& j) {
-  if (j.is_null()) return false;
-  if (j.is_boolean()) return j.get<bool>();
-  if (j.is_number()) return j.get<double>() != 0;
-  return !j.empty();  // strings, arrays, objects
-}
-
-// ---- Model families: the modules of mlx-lm's models/<family>.py in
-// definition order (tree_flatten order, hence the shard and config order).
-
-struct Family {
-  std::string name;             // the mlx-lm module, after MODEL_REMAPPING
-  bool qk_norm = false;         // qwen3: self_attn.q_norm / k_norm
-  bool drops_inv_freq = false;  // sanitize drops self_attn.rotary_emb.inv_freq
-};
-
-enum class Kind { kEmbedding, kLinear, kNorm };
-
-struct Module {
-  std::string path;
-  Kind kind;
-  bool bias_required = false;
-  const TensorInfo* weight = nullptr;
-  const TensorInfo* bias = nullptr;
-};
-
-// Model types whose mlx-lm 0.32.0 module (mlx_lm/models/<type>.py) has
-// rules of its own: a quant_predicate, a cast_predicate, or MoE experts
-// stacked into 3-D SwitchLinear weights.
-constexpr std::pair<const char*, const char*> kRuledTypes[] = {
-    {"qwen3_moe",
-     "quant_predicate keeps every mlp.gate at 8 bits, group size 64 (249-255); "
-     "sanitize stacks the experts into 3-D switch_mlp weights (232-246)"},
-    {"gpt_oss",
-     "quant_predicate keeps every router at 8 bits, group size 64 (328-334); 3-D experts"},
-    {"mixtral", "sanitize stacks block_sparse_moe experts into 3-D switch_mlp weights (205-224)"},
-    {"qwen2_moe", "sanitize stacks the experts into 3-D switch_mlp weights (221-234)"},
-    {"deepseek_v3",
-     "cast_predicate keeps e_score_correction_bias out of the dtype cast "
-     "(549-553); sanitize stacks 3-D experts (380-435)"},
-};
-// The other modules with a quant_predicate, a cast_predicate or 3-D experts.
-constexpr char kOtherRuledTypes[] =
-    " deepseek deepseek_v2 deepseek_v32 granitemoe olmoe phimoe llama4 Klear afmoe bailing_moe"
-    " bailing_moe_linear dots1 ernie4_5_moe exaone_moe gemma4 gemma4_text glm4_moe glm4_moe_lite"
-    " granitemoehybrid hunyuan jamba kimi_k25 kimi_linear kimi_vl laguna lfm2_moe longcat_flash"
-    " longcat_flash_ngram mellum mimo_v2_flash minimax nemotron_h phixtral qwen3_5 qwen3_next"
-    " qwen3_vl_moe rwkv7 step3p5 ";
-
-absl::StatusOr<Family> FamilyOf(const OJson& config) {
-  auto mt = config.find("model_type");
-  if (mt == config.end() || !mt->is_string()) {
-    return absl::InvalidArgumentError("config.json has no \"model_type\" string");
-  }
-  std::string type = mt->get<std::string>();
-  // mlx-lm's MODEL_REMAPPING (utils.py 46-57), for the entries that matter here.
-  static const std::map<std::string, std::string> kRemap = {{"mistral", "llama"},
-                                                            {"iquestcoder", "llama"},
-                                                            {"kimi_k2", "deepseek_v3"},
-                                                            {"joyai_llm_flash", "deepseek_v3"},
-                                                            {"minimax_m2", "minimax"}};
-  if (auto it = kRemap.find(type); it != kRemap.end()) type = it->second;
-  if (type == "llama") return Family{"llama", false, true};
-  if (type == "qwen2") return Family{"qwen2", false, true};
-  if (type == "qwen3") return Family{"qwen3", true, false};
-  const std::string asked = mt->get<std::string>();
-  const char* rule = nullptr;
-  for (const auto& [ruled, why] : kRuledTypes) {
-    if (type == ruled) rule = why;
-  }
-  if (rule == nullptr && absl::StrContains(kOtherRuledTypes, absl::StrCat(" ", type, " "))) {
-    rule = "";
-  }
-  if (rule != nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model_type '", asked, "' has per-model rules in mlx-lm (models/", type, ".py",
-        *rule ? ": " : " defines a quant_predicate, a cast_predicate or 3-D expert weights", rule,
-        "); convert handles only dense Llama-family decoders (llama, mistral, qwen2, qwen3)"));
-  }
-  return absl::FailedPreconditionError(
-      absl::StrCat("model_type '", asked,
-                   "' is not converted: convert knows the parameters of mlx-lm's "
-                   "llama, mistral, qwen2 and qwen3 models only"));
-}
+using mlx_lm::Family;
+using mlx_lm::FamilyOf;
+using mlx_lm::Kind;
+using mlx_lm::MixedRecipe;
+using mlx_lm::Module;
+using mlx_lm::ModuleList;
+using mlx_lm::ParamsOfEntry;
 
 absl::StatusOr<int64_t> IntField(const OJson& config, const char* key) {
   auto it = config.find(key);
@@ -231,87 +50,6 @@ absl::StatusOr<int64_t> IntField(const OJson& config, const char* key) {
         absl::StrCat("config.json: \"", key, "\" must be a non-negative integer"));
   }
   return it->get<int64_t>();
-}
-
-std::vector<Module> ModuleList(const Family& f, const OJson& config, int64_t layers, bool tied) {
-  const bool llama = f.name == "llama";
-  const bool attn_bias = llama ? Truthy(config.value("attention_bias", OJson(false))) : false;
-  const bool mlp_bias = llama && Truthy(config.value("mlp_bias", OJson(false)));
-  std::vector<Module> m = {{"model.embed_tokens", Kind::kEmbedding}};
-  for (int64_t i = 0; i < layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
-    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-      const bool bias = attn_bias || (f.name == "qwen2" && std::strcmp(proj, "o_proj") != 0);
-      m.push_back({p + "self_attn." + proj, Kind::kLinear, bias});
-    }
-    if (f.qk_norm) {
-      m.push_back({p + "self_attn.q_norm", Kind::kNorm});
-      m.push_back({p + "self_attn.k_norm", Kind::kNorm});
-    }
-    for (const char* proj : {"gate_proj", "down_proj", "up_proj"}) {
-      m.push_back({p + "mlp." + proj, Kind::kLinear, mlp_bias});
-    }
-    m.push_back({p + "input_layernorm", Kind::kNorm});
-    m.push_back({p + "post_attention_layernorm", Kind::kNorm});
-  }
-  m.push_back({"model.norm", Kind::kNorm});
-  if (!tied) m.push_back({"lm_head", Kind::kLinear});
-  return m;
-}
-
-// mixed_quant_predicate_builder (convert.py 20-77), for paths
-// model.layers.<i>.… (layer_location 2) and `num_layers` layers.
-absl::StatusOr<QuantPredicate> MixedRecipe(const std::string& recipe, int64_t num_layers,
-                                           std::optional<int> group_size) {
-  static const std::map<std::string, std::pair<int, int>> kBits = {
-      {"mixed_2_6", {2, 6}}, {"mixed_3_4", {3, 4}}, {"mixed_3_6", {3, 6}}, {"mixed_4_6", {4, 6}}};
-  auto it = kBits.find(recipe);
-  if (it == kBits.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--recipe must be mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6; got '", recipe, "'"));
-  }
-  const auto [low, high] = it->second;
-  // The CLI's --q-group-size (default None) goes into every dict as it is.
-  const std::string gs = group_size ? std::to_string(*group_size) : "null";
-  return QuantPredicate([=](const std::string& path) {
-    const std::vector<std::string> parts = absl::StrSplit(path, '.');
-    const int64_t index = parts.size() > 2 ? std::stoll(parts[2]) : 0;
-    const int64_t l8 = num_layers / 8;
-    const int64_t rest = ((index - l8) % 3 + 3) % 3;  // Python's % is never negative
-    const bool more = index < l8 || index >= 7 * num_layers / 8 || rest == 2;
-    int bits = low;
-    if ((absl::StrContains(path, "v_proj") || absl::StrContains(path, "v_a_proj") ||
-         absl::StrContains(path, "v_b_proj")) &&
-        more) {
-      bits = high;
-    } else if (absl::StrContains(path, "down_proj") && more) {
-      bits = high;
-    } else if (absl::StrContains(path, "lm_head")) {
-      bits = high;
-    }
-    return ModuleRule{true, absl::StrCat("{\"group_size\": ", gs, ", \"bits\": ", bits,
-                                         ", \"mode\": \"affine\"}")};
-  });
-}
-
-// to_quantized(**entry): missing or null fields take the mode's default.
-absl::StatusOr<QuantParams> ParamsOfEntry(const OJson& e) {
-  QuantMode mode = QuantMode::kAffine;
-  if (auto m = e.find("mode"); m != e.end()) {
-    if (!m->is_string()) return absl::InvalidArgumentError("\"mode\" must be a string");
-    QLINEAR_ASSIGN_OR_RETURN(mode, ParseQuantMode(m->get<std::string>()));
-  }
-  std::optional<int> fields[2];
-  const char* names[2] = {"bits", "group_size"};
-  for (int i = 0; i < 2; ++i) {
-    auto f = e.find(names[i]);
-    if (f == e.end() || f->is_null()) continue;
-    if (!f->is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat("\"", names[i], "\" must be an integer"));
-    }
-    if (f->get<int64_t>() != 0) fields[i] = static_cast<int>(f->get<int64_t>());  // Python's `or`
-  }
-  return MakeQuantParams(mode, fields[0], fields[1]);
 }
 
 // ---- Files.
@@ -782,11 +520,7 @@ class Converter {
     config_.erase("vision_config");
     config_["quantization"] = quantization_;
     config_["quantization_config"] = quantization_;
-    std::map<std::string, OJson> sorted;  // Python's sorted(): code point = UTF-8 byte order
-    for (auto it = config_.begin(); it != config_.end(); ++it) sorted[it.key()] = it.value();
-    OJson config = OJson::object();
-    for (auto& [key, value] : sorted) config[key] = std::move(value);
-    return WriteFile(staging_.path() + "/config.json", PyDumps(config));
+    return WriteFile(staging_.path() + "/config.json", PyDumps(SortedByKey(config_)));
   }
 
   // CopyOthers copies every other file but weights: tokenizer files,

@@ -1,6 +1,7 @@
 // `qlinear convert`: a float mlx-lm / Hugging Face model folder in, the folder
 // `mlx_lm.convert -q` would write out (mlx-lm 0.32.0; the rules and their
-// source lines are in ../shared/mlx-lm/FORMAT.md).
+// source lines are in ../shared/mlx-lm/FORMAT.md). The model rules are in
+// client/convert_rules.h, the JSON layout in client/mlx_lm_json.h.
 //
 //   qlinear convert --in FLOAT_FOLDER --out QUANTIZED_FOLDER [--bits B]
 //       [--group-size G] [--mode affine|mxfp4|mxfp8|nvfp4]
