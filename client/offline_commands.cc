@@ -193,8 +193,12 @@ int RunInspect(int argc, char** argv) {
   const std::string path = flags->positional()[0];
   auto overrides = ParseQuantFlags(*flags);
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
+  auto float_params = MakeQuantParams(*overrides);
+  if (!float_params.ok()) return cmd.Usage(float_params.status().message());
   CheckpointOptions options;
   options.overrides = *overrides;
+  options.float_params = *float_params;
+  options.tolerate_unresolved = true;  // listed as unresolved, not fatal
   auto checkpoint = OpenCheckpoint(cmd, path, options, "would not be served");
   if (!checkpoint.ok()) return cmd.Fail(checkpoint.status());
   const Checkpoint& c = **checkpoint;

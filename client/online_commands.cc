@@ -49,16 +49,20 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Flags& flags) {
   return Client::Connect(flags.Get("target").value_or(kDefaultTarget), options);
 }
 
+// OriginText is ", from upload" or ", from model PATH" (empty when unknown).
+std::string OriginText(const v1::LayerOrigin& origin) {
+  if (origin.kind() == v1::ORIGIN_UNSPECIFIED) return "";
+  return absl::StrCat(", from ", absl::AsciiStrToLower(v1::OriginKind_Name(origin.kind())),
+                      origin.source().empty() ? "" : " ", origin.source());
+}
+
 std::string Describe(const v1::LayerInfo& l) {
   std::string s = absl::StrFormat("%s: [%d, %d] %s b%d g%d, version %d, %d bytes held%s",
                                   l.name(), l.out_features(), l.in_features(),
                                   absl::AsciiStrToLower(v1::Mode_Name(l.spec().mode())),
                                   l.spec().bits(), l.spec().group_size(), l.version(),
                                   l.bytes_held(), l.has_bias() ? ", bias" : "");
-  if (l.origin().kind() != v1::ORIGIN_UNSPECIFIED) {
-    absl::StrAppend(&s, ", from ", absl::AsciiStrToLower(v1::OriginKind_Name(l.origin().kind())),
-                    l.origin().source().empty() ? "" : " ", l.origin().source());
-  }
+  absl::StrAppend(&s, OriginText(l.origin()));
   if (l.has_error_report()) {
     absl::StrAppendFormat(&s, "  max_abs_err=%.4g rms_err=%.4g rel_fro_err=%.4g",
                           l.error_report().max_abs(), l.error_report().rms(),
@@ -298,9 +302,9 @@ int RunStats(int argc, char** argv) {
       codes.push_back(absl::StrCat(code, " ", n, " (", l.rows_by_code().at(code), " rows)"));
     }
     std::sort(codes.begin(), codes.end());
-    std::printf("%s (version %llu, %llu bytes): requests %s; %llu batches, mean %.1f rows\n",
+    std::printf("%s (version %llu, %llu bytes%s): requests %s; %llu batches, mean %.1f rows\n",
                 l.name().c_str(), static_cast<unsigned long long>(l.version()),
-                static_cast<unsigned long long>(l.bytes_held()),
+                static_cast<unsigned long long>(l.bytes_held()), OriginText(l.origin()).c_str(),
                 codes.empty() ? "none" : absl::StrJoin(codes, ", ").c_str(),
                 static_cast<unsigned long long>(l.batches()), l.batch_rows().mean());
     for (const auto& [label, h] : {std::pair<const char*, const v1::Histogram*>{"queue us", &l.queue_us()},

@@ -102,13 +102,13 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     return absl::InvalidArgumentError(absl::StrCat(
         "'", path, "' is neither a .safetensors file nor an mlx-lm model folder"));
   }
-  QLINEAR_RETURN_IF_ERROR(c->ReadFiles());
+  QLINEAR_RETURN_IF_ERROR(c->ReadFiles(options.read_config_json || c->is_folder_));
   if (c->is_folder_) QLINEAR_RETURN_IF_ERROR(c->CheckIndex());
   QLINEAR_RETURN_IF_ERROR(c->FindLayers(options));
   return c;
 }
 
-absl::Status Checkpoint::ReadFiles() {
+absl::Status Checkpoint::ReadFiles(bool read_config) {
   std::string dir;
   if (is_folder_) {
     dir = path_;
@@ -126,7 +126,7 @@ absl::Status Checkpoint::ReadFiles() {
   }
   config_path_ = Join(dir, "config.json");
   bool exists = false;
-  QLINEAR_RETURN_IF_ERROR(ReadText(config_path_, &config_json_, &exists));
+  if (read_config) QLINEAR_RETURN_IF_ERROR(ReadText(config_path_, &config_json_, &exists));
   if (exists && config_json_.empty()) config_json_ = " ";  // present but empty: malformed
 
   for (size_t i = 0; i < files_.size(); ++i) {
@@ -241,6 +241,10 @@ absl::Status Checkpoint::FindLayers(const CheckpointOptions& options) {
       layer.biases = Find(name + ".biases");
       auto params = ResolveLayerParams(name, {t, scales, layer.biases}, sources,
                                        &layer.params_source);
+      if (!params.ok() && options.tolerate_unresolved) {
+        skipped_.push_back({t->name, std::string(params.status().message())});
+        continue;
+      }
       if (!params.ok()) {
         return absl::InvalidArgumentError(
             absl::StrCat("'", path_, "': ", params.status().message()));
@@ -261,7 +265,15 @@ absl::Status Checkpoint::FindLayers(const CheckpointOptions& options) {
         }
         continue;  // 1-D: a norm's weight
       }
-      const std::string reason = FloatWeightSkipReason(*t, options.float_params);
+      std::string reason = FloatWeightSkipReason(*t, options.float_params);
+      for (const QuantizationConfig* config :
+           {sources.metadata ? &*sources.metadata : nullptr,
+            sources.config_json ? &*sources.config_json : nullptr}) {
+        if (config != nullptr && std::find(config->unquantized.begin(), config->unquantized.end(),
+                                           name) != config->unquantized.end()) {
+          reason = "the checkpoint's quantization maps it to false (not quantized)";
+        }
+      }
       if (!reason.empty()) {
         skipped_.push_back({t->name, reason});
         continue;

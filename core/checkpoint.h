@@ -64,6 +64,12 @@ struct CheckpointOptions {
   PartialQuantParams overrides;
   // How float weights are quantized.
   QuantParams float_params;
+  // Read config.json beside a single file (a state-dir file describes
+  // itself in its metadata and must not depend on a stray config.json).
+  bool read_config_json = true;
+  // List a quantized layer whose parameters cannot be resolved in skipped()
+  // with the reason, instead of failing Open (for `inspect`).
+  bool tolerate_unresolved = false;
 };
 
 // CheckpointLayer is one layer a checkpoint yields. Tensor pointers borrow
@@ -135,7 +141,7 @@ class Checkpoint {
 
  private:
   Checkpoint() = default;
-  absl::Status ReadFiles();
+  absl::Status ReadFiles(bool read_config);
   absl::Status CheckIndex();
   absl::Status FindLayers(const CheckpointOptions& options);
   absl::StatusOr<std::vector<float>> BiasOf(const CheckpointLayer& layer) const;

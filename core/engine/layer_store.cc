@@ -310,8 +310,12 @@ absl::StatusOr<LayerStore::StoredLayer> ReadLayerFile(const std::string& path,
     return absl::InvalidArgumentError(
         "the file name is not L<20-digit version>-<slug>.safetensors");
   }
+  // The file describes itself; a config.json someone left in the state
+  // dir must not change how it reads.
+  CheckpointOptions options;
+  options.read_config_json = false;
   QLINEAR_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> c,
-                           Checkpoint::Open(path));
+                           Checkpoint::Open(path, options));
   const std::map<std::string, std::string>& meta = c->metadata();
   auto get = [&](const char* key) -> const std::string* {
     auto it = meta.find(key);

@@ -41,6 +41,9 @@
 //   "store-after-remove-old"  the previous file (if any) removed, synced;
 // and in Remove, when the store holds a file of the name:
 //   "store-before-remove"     nothing removed yet.
+// The catalog (catalog.cc) adds two: "catalog-after-store" (stored, not
+// yet published) and "catalog-after-remove" (file gone, layer still
+// registered).
 //
 // The store learns which file holds a name from Load and from its own
 // Puts: call Load once after Open, before any Put or Remove (a Put before

@@ -412,5 +412,47 @@ TEST(CheckpointTest, ABiasOfTheWrongShapeOrValueIsRefused) {
   EXPECT_FALSE((*c)->Validate((*c)->layers()[0]).ok());
 }
 
+TEST(CheckpointTest, AFloatModuleMappedToFalseStaysFloat) {
+  ScopedTempDir dir("checkpoint_false");
+  const std::vector<float> w(4 * 64, 0.5f);
+  ASSERT_TRUE(WriteSafetensors(dir.File("model.safetensors"),
+                               {{"a.weight", DType::kF32, {4, 64}, BytesOf(w)},
+                                {"b.weight", DType::kF32, {4, 64}, BytesOf(w)}},
+                               {})
+                  .ok());
+  WriteText(dir.File("config.json"),
+            R"({"quantization": {"group_size": 64, "bits": 4, "b": false}})");
+  auto c = Checkpoint::Open(dir.path());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ((*c)->layers().size(), 1u);
+  EXPECT_EQ((*c)->layers()[0].name, "a");
+  ASSERT_EQ((*c)->skipped().size(), 1u);
+  EXPECT_THAT((*c)->skipped()[0].reason, HasSubstr("false"));
+}
+
+TEST(CheckpointTest, UnresolvedLayersCanBeListedInsteadOfFailing) {
+  ScopedTempDir dir("checkpoint_unresolved");
+  const std::vector<float> w(8 * 64, 0.25f);
+  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), 8, 64);
+  ASSERT_TRUE(q.ok());
+  ASSERT_TRUE(WriteSafetensors(dir.File("bare.safetensors"), QuantizedTensors("lin", *q), {}).ok());
+  auto c = Checkpoint::Open(dir.File("bare.safetensors"));
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(Message(c.status()), AllOf(HasSubstr("layer 'lin'"), HasSubstr("affine b4 g64")));
+  CheckpointOptions options;
+  options.tolerate_unresolved = true;
+  c = Checkpoint::Open(dir.File("bare.safetensors"), options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE((*c)->layers().empty());
+  ASSERT_EQ((*c)->skipped().size(), 1u);
+  EXPECT_EQ((*c)->skipped()[0].tensor, "lin.weight");
+  EXPECT_THAT((*c)->skipped()[0].reason, HasSubstr("cannot tell"));
+  // A config.json beside a file is read unless the caller says not to.
+  WriteText(dir.File("config.json"), "{not json");
+  EXPECT_FALSE(Checkpoint::Open(dir.File("bare.safetensors"), options).ok());
+  options.read_config_json = false;
+  EXPECT_TRUE(Checkpoint::Open(dir.File("bare.safetensors"), options).ok());
+}
+
 }  // namespace
 }  // namespace qlinear

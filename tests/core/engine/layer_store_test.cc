@@ -432,6 +432,23 @@ TEST(LayerStoreTest, OpenRemovesLeftoverTemporaries) {
   EXPECT_THAT(contents.layers, SizeIs(1));
 }
 
+TEST(LayerStoreTest, AStrayConfigJsonChangesNothing) {
+  ScopedTempDir dir("layer_store");
+  auto store = OpenOrDie(dir.path());
+  ASSERT_NE(store, nullptr);
+  LoadOrDie(*store);
+  const LoadedLayer layer = MakeLayer("a", kAffine4, DType::kF32, 1);
+  ASSERT_TRUE(store->Put(layer, 1).ok());
+  WriteFile(dir.File("config.json"), "{not json");
+  store.reset();
+  store = OpenOrDie(dir.path());
+  const LayerStore::Contents contents = LoadOrDie(*store);
+  ASSERT_THAT(contents.layers, SizeIs(1));
+  ExpectSameLayer(contents.layers[0].layer, layer);
+  ASSERT_THAT(contents.problems, SizeIs(1));  // named as foreign, nothing more
+  EXPECT_THAT(contents.problems[0], HasSubstr("config.json: not a qlinear layer file"));
+}
+
 TEST(LayerStoreTest, MaxVersionCountsEveryLayerFile) {
   ScopedTempDir dir("layer_store");
   auto store = OpenOrDie(dir.path());
