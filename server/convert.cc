@@ -67,4 +67,55 @@ void ToProto(const Histogram::Snapshot& h, v1::Histogram* out) {
   out->set_max(h.max);
 }
 
+namespace {
+
+// Codes with a count, by canonical name ("OK", "NOT_FOUND", ...).
+template <typename Map>
+void CodeMap(const CodeCounts& counts, Map* out) {
+  for (size_t c = 0; c < counts.size(); ++c) {
+    if (counts[c] == 0) continue;
+    (*out)[absl::StatusCodeToString(static_cast<absl::StatusCode>(c))] = counts[c];
+  }
+}
+
+}  // namespace
+
+void ToProto(const EngineSnapshot& s, v1::StatsResponse* out) {
+  v1::ServerStats* server = out->mutable_server();
+  server->set_uptime_s(s.uptime_s);
+  server->set_layers(static_cast<int32_t>(s.layer_count));
+  server->set_bytes_held(s.bytes_held);
+  server->set_queue_rows(s.rows_queued);
+  server->set_threads(s.threads);
+  server->set_simd_target(s.simd_target);
+  server->set_memory_budget_bytes(s.memory_budget_bytes);
+  server->set_batches_in_flight(s.batches_in_flight);
+  CodeMap(s.not_loaded_requests, server->mutable_not_loaded_requests_by_code());
+  CodeMap(s.not_loaded_rows, server->mutable_not_loaded_rows_by_code());
+  CodeMap(s.uploads, server->mutable_uploads_by_code());
+  for (int kind = 0; kind < kOriginKinds; ++kind) {
+    const std::string origin(OriginKindName(static_cast<OriginKind>(kind)));
+    (*server->mutable_layers_by_origin())[origin] = s.layers_by_origin[static_cast<size_t>(kind)];
+  }
+  for (const LayerSnapshot& l : s.layers) {
+    v1::LayerStats* layer = out->add_layers();
+    layer->set_name(l.info.name);
+    layer->set_version(l.info.version);
+    for (size_t c = 0; c < l.requests.size(); ++c) {
+      if (l.requests[c] == 0) continue;
+      const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
+      (*layer->mutable_requests_by_code())[name] = l.requests[c];
+      (*layer->mutable_rows_by_code())[name] = l.rows[c];
+    }
+    layer->set_batches(l.batches);
+    ToProto(l.batch_rows, layer->mutable_batch_rows());
+    ToProto(l.queue_us, layer->mutable_queue_us());
+    ToProto(l.compute_us, layer->mutable_compute_us());
+    ToProto(l.total_us, layer->mutable_total_us());
+    layer->set_bytes_held(l.info.bytes_held);
+    if (l.info.error_report) ToProto(*l.info.error_report, layer->mutable_error_report());
+    ToProto(l.info.origin, layer->mutable_origin());
+  }
+}
+
 }  // namespace qlinear

@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "core/dtype.h"
 #include "core/engine/layer.h"
+#include "core/engine/snapshot.h"
 #include "core/engine/stats.h"
 #include "core/quant_params.h"
 #include "grpcpp/support/status.h"
@@ -24,6 +25,9 @@ void ToProto(const Layer::Info& info, v1::LayerInfo* out);
 void ToProto(const LayerOrigin& origin, v1::LayerOrigin* out);
 void ToProto(const ErrorReport& report, v1::ErrorReport* out);
 void ToProto(const Histogram::Snapshot& h, v1::Histogram* out);
+// The Stats answer: every field from the snapshot (build_info is the
+// server's and is left to the caller).
+void ToProto(const EngineSnapshot& snapshot, v1::StatsResponse* out);
 
 }  // namespace qlinear
 

@@ -12,12 +12,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "core/engine/startup.h"
 #include "core/half.h"
+#include "core/kernels/qmm.h"
+#include "server/log.h"
 #include "server/server.h"
 #include "server/settings.h"
 
@@ -36,12 +39,28 @@ int Main(int argc, char** argv) {
       std::fputs(HelpText().c_str(), stdout);
       return 0;
     }
+    if (std::strcmp(argv[i], "--help-markdown") == 0) {  // docs/api.md's table
+      std::fputs(FlagsMarkdown().c_str(), stdout);
+      return 0;
+    }
   }
   auto settings = Settings::Parse(argc, argv, [](const char* name) { return std::getenv(name); });
   if (!settings.ok()) return Usage(settings.status().message());
+  // From here on every event is a log line on stderr (server/log.h).
+  LogFormat log_format = LogFormat::kText;
+  ParseLogFormat(settings->String("log-format"), &log_format);  // checked by Parse
+  SetLogFormat(log_format);
+  SetAccessLog(settings->Bool("access-log"));
+  {
+    const auto summary = settings->Summary();
+    std::vector<LogField> fields;
+    for (const auto& [name, value] : summary) fields.emplace_back(name, value);
+    Log(LogLevel::kInfo, "starting", fields);
+  }
   ServerOptions options;
   options.serving_on_start = false;  // SERVING once the layers are loaded
   options.listen = settings->String("listen");
+  options.metrics_listen = settings->String("metrics-listen");
   options.engine.threads = static_cast<int>(settings->Int("threads"));
   options.engine.max_batch_rows = settings->Int("max-batch-rows");
   options.engine.max_batch_delay_us = settings->Int("max-batch-delay-us");
@@ -49,17 +68,22 @@ int Main(int argc, char** argv) {
   options.engine.max_memory_bytes = static_cast<uint64_t>(settings->Int("max-memory-mb")) << 20;
   options.max_message_mb = static_cast<int>(settings->Int("max-message-mb"));
   const int64_t drain_timeout_s = settings->Int("drain-timeout-s");
-  auto mode = ParseQuantMode(settings->String("mode"));
+  auto mode = ParseQuantMode(absl::AsciiStrToLower(settings->String("mode")));
   if (!mode.ok()) return Usage(mode.status().message());
   auto params = MakeQuantParams(
       *mode, settings->IsSet("bits") ? std::optional<int>(settings->Int("bits")) : std::nullopt,
       settings->IsSet("group-size") ? std::optional<int>(settings->Int("group-size"))
                                     : std::nullopt);
   if (!params.ok()) return Usage(params.status().message());
-  if (settings->IsSet("simd") && settings->String("simd") != "best") {
+  if (settings->IsSet("simd")) {
     // The kernels read their cap once, from this variable: the flag and
-    // QLINEAR_SIMD are one setting with one meaning.
-    setenv("QLINEAR_SIMD", settings->String("simd").c_str(), 1);
+    // QLINEAR_SIMD are one setting with one meaning (and the flag wins).
+    const std::string simd = absl::AsciiStrToLower(settings->String("simd"));
+    if (simd == "best") {
+      unsetenv("QLINEAR_SIMD");
+    } else {
+      setenv("QLINEAR_SIMD", simd.c_str(), 1);
+    }
   }
 
   // Signals are taken synchronously by the main thread (sigwait), so every
@@ -72,8 +96,13 @@ int Main(int argc, char** argv) {
 
   auto server = QlinearServer::Start(options);
   if (!server.ok()) {
-    std::fprintf(stderr, "qlinear-server: %s\n", std::string(server.status().message()).c_str());
+    Log(LogLevel::kError, "start_failed", {{"reason", server.status().message()}});
     return 1;
+  }
+  if ((*server)->metrics_port() != 0) {  // probes answer while the layers load
+    std::printf("qlinear-server: metrics and health on http://%s (/metrics, /healthz, /readyz)\n",
+                (*server)->metrics_address().c_str());
+    std::fflush(stdout);
   }
   Engine& engine = (*server)->engine();
   StartupOptions startup;
@@ -82,11 +111,9 @@ int Main(int argc, char** argv) {
   startup.state_dir = settings->String("state-dir");
   std::vector<std::string> notes;
   absl::Status loaded = LoadAtStart(&engine, startup, &notes);
-  for (const std::string& note : notes) {
-    std::fprintf(stderr, "qlinear-server: warning: %s\n", note.c_str());
-  }
+  for (const std::string& note : notes) Log(LogLevel::kWarning, "startup_note", {{"note", note}});
   if (!loaded.ok()) {
-    std::fprintf(stderr, "qlinear-server: %s\n", std::string(loaded.message()).c_str());
+    Log(LogLevel::kError, "start_failed", {{"reason", loaded.message()}});
     return 1;
   }
   (*server)->SetServing(true);
@@ -99,27 +126,51 @@ int Main(int argc, char** argv) {
       break;
     }
     const Layer::Info& i = e.layer->info();
-    names.push_back(absl::StrCat(i.name, " [", i.n, "x", i.k, " ", i.params.ToString(), "]"));
+    // Names come from clients (uploads kept in --state-dir): escaped as in
+    // the log, so that none can forge a line.
+    names.push_back(
+        absl::StrCat(EscapeLogText(i.name), " [", i.n, "x", i.k, " ", i.params.ToString(), "]"));
   }
   std::printf(
-      "qlinear-server listening on %s: %d threads, layers %s, max_batch_rows %lld, "
+      "qlinear-server listening on %s (metrics %s): %d threads, layers %s, max_batch_rows %lld, "
       "max_batch_delay_us %lld, max_queue_rows %lld, max_memory_mb %lld, %s\n",
-      (*server)->address().c_str(), engine.threads(), absl::StrJoin(names, ", ").c_str(),
+      (*server)->address().c_str(),
+      (*server)->metrics_port() != 0 ? (*server)->metrics_address().c_str() : "off", engine.threads(), (names.empty() ? std::string("(none)") : absl::StrJoin(names, ", ")).c_str(),
       static_cast<long long>(options.engine.max_batch_rows),
       static_cast<long long>(options.engine.max_batch_delay_us),
       static_cast<long long>(options.engine.max_queue_rows),
       static_cast<long long>(settings->Int("max-memory-mb")), BuildInfo().c_str());
   std::fflush(stdout);
+  // The same facts as the stdout line (which scripts wait for, in either
+  // format), as an event of the log.
+  Log(LogLevel::kInfo, "listening",
+      {{"address", (*server)->address()},
+       {"metrics", (*server)->metrics_port() != 0 ? (*server)->metrics_address() : ""},
+       {"layers", entries.size()},
+       {"simd_target", SimdTargetName(DefaultSimdTarget())},
+       {"threads", engine.threads()},
+       {"build", BuildInfo()}});
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::printf("qlinear-server: %s: draining (up to %llds)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
-              static_cast<long long>(drain_timeout_s));
-  std::fflush(stdout);
+  const auto drain_start = std::chrono::steady_clock::now();
+  Log(LogLevel::kInfo, "drain_started",
+      {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"},
+       {"timeout_s", drain_timeout_s},
+       {"in_flight", engine.unanswered()}});
+  Engine::DrainCounts counts;
   const bool drained =
-      (*server)->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(drain_timeout_s));
-  std::printf("qlinear-server: %s\n", drained ? "drained, exiting" : "drain timed out; queued requests answered UNAVAILABLE");
-  std::fflush(stdout);
+      (*server)->Shutdown(drain_start + std::chrono::seconds(drain_timeout_s), &counts);
+  // Past the deadline the requests still queued were answered UNAVAILABLE.
+  Log(drained ? LogLevel::kInfo : LogLevel::kWarning, "drain_finished",
+      {{"timed_out", !drained},
+       {"pending", counts.pending},
+       {"answered", counts.answered},
+       {"unavailable", counts.unavailable},
+       {"refused", counts.refused},
+       {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::steady_clock::now() - drain_start)
+                  .count()}});
   return drained ? 0 : 1;
 }
 

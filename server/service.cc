@@ -1,6 +1,7 @@
 #include "server/service.h"
 
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include "core/engine/upload.h"
 #include "core/kernels/qmm.h"
 #include "server/convert.h"
+#include "server/log.h"
 
 namespace qlinear {
 namespace {
@@ -25,6 +27,19 @@ absl::StatusOr<DType> FloatDType(v1::DType wire, absl::string_view what) {
   return *d;
 }
 
+// LogAccess writes the access line of one Forward (--access-log; callers
+// check AccessLogEnabled() first).
+void LogAccess(const v1::ForwardRequest& request, int64_t rows, absl::StatusCode code,
+               int64_t queue_us, int64_t compute_us) {
+  Log(LogLevel::kInfo, "access",
+      {{"request_id", request.request_id()},
+       {"layer", request.layer()},
+       {"rows", rows},
+       {"code", absl::StatusCodeToString(code)},
+       {"queue_us", queue_us},
+       {"compute_us", compute_us}});
+}
+
 // Reads a client stream of upload chunks: the header first, then parts in
 // order; Finish publishes. Any fault ends the call with its status.
 template <typename Chunk, typename Upload>
@@ -33,9 +48,10 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
   using StartFn = std::function<absl::StatusOr<std::unique_ptr<Upload>>(const Chunk&)>;
   using PartFn = std::function<absl::Status(Upload&, const Chunk&)>;
 
-  UploadReactor(grpc::CallbackServerContext* context, v1::UploadResponse* response, StartFn start,
-                PartFn part)
-      : context_(context), response_(response), start_(std::move(start)), part_(std::move(part)) {
+  UploadReactor(Engine* engine, grpc::CallbackServerContext* context, v1::UploadResponse* response,
+                StartFn start, PartFn part)
+      : engine_(engine), context_(context), response_(response), start_(std::move(start)),
+        part_(std::move(part)) {
     this->StartRead(&chunk_);
   }
 
@@ -43,19 +59,20 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
     if (!ok) {  // the client closed its side (or went away)
       if (context_->IsCancelled()) {
         upload_.reset();  // never publish a cancelled upload
-        return this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
+        return End(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
       }
       if (upload_ == nullptr) {
-        return this->Finish(ToGrpc(absl::InvalidArgumentError("upload stream had no header")));
+        return End(ToGrpc(absl::InvalidArgumentError("upload stream had no header")));
       }
       auto layer = upload_->Finish();
       upload_.reset();
-      if (!layer.ok()) return this->Finish(ToGrpc(layer.status()));
+      if (!layer.ok()) return End(ToGrpc(layer.status()));
       ToProto((*layer)->info(), response_->mutable_layer());
-      return this->Finish(grpc::Status::OK);
+      return End(grpc::Status::OK);
     }
     absl::Status status;
     if (upload_ == nullptr) {
+      if (chunk_.has_header()) name_ = chunk_.header().name();
       auto started = start_(chunk_);
       if (started.ok()) {
         upload_ = *std::move(started);
@@ -67,7 +84,7 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
     }
     if (!status.ok()) {
       upload_.reset();  // releases the memory reservation
-      return this->Finish(ToGrpc(status));
+      return End(ToGrpc(status));
     }
     this->StartRead(&chunk_);
   }
@@ -75,12 +92,36 @@ class UploadReactor : public grpc::ServerReadReactor<Chunk> {
   void OnDone() override { delete this; }
 
  private:
+  // End is where every upload stream ends, whatever ended it.
+  void End(const grpc::Status& status) {
+    engine_->RecordUpload(static_cast<absl::StatusCode>(status.error_code()));
+    if (!status.ok()) LogRefused(status);
+    this->Finish(status);
+  }
+
+  // LogRefused logs an upload that published nothing; a warning when the
+  // server's own limits or disk refused it, info when the request did.
+  void LogRefused(const grpc::Status& status) {
+    const auto code = static_cast<absl::StatusCode>(status.error_code());
+    const bool server_side = code == absl::StatusCode::kResourceExhausted ||
+                             code == absl::StatusCode::kInternal ||
+                             code == absl::StatusCode::kDataLoss ||
+                             code == absl::StatusCode::kUnknown;
+    Log(server_side ? LogLevel::kWarning : LogLevel::kInfo, "upload_refused",
+        {{"rpc", std::is_same_v<Chunk, v1::QuantizeChunk> ? "Quantize" : "LoadQuantized"},
+         {"name", name_},
+         {"code", absl::StatusCodeToString(code)},
+         {"reason", status.error_message()}});
+  }
+
+  Engine* engine_;
   grpc::CallbackServerContext* context_;
   v1::UploadResponse* response_;
   StartFn start_;
   PartFn part_;
   Chunk chunk_;
   std::unique_ptr<Upload> upload_;
+  std::string name_;  // from the header, once it came
 };
 
 }  // namespace
@@ -119,7 +160,8 @@ grpc::ServerReadReactor<v1::QuantizeChunk>* AdminService::Quantize(
         return absl::InvalidArgumentError("empty Quantize message (no header, weight or bias)");
     }
   };
-  return new UploadReactor<v1::QuantizeChunk, QuantizeUpload>(context, response, start, part);
+  return new UploadReactor<v1::QuantizeChunk, QuantizeUpload>(engine, context, response, start,
+                                                              part);
 }
 
 grpc::ServerReadReactor<v1::LoadQuantizedChunk>* AdminService::LoadQuantized(
@@ -168,7 +210,8 @@ grpc::ServerReadReactor<v1::LoadQuantizedChunk>* AdminService::LoadQuantized(
         return absl::InvalidArgumentError("empty LoadQuantized message");
     }
   };
-  return new UploadReactor<v1::LoadQuantizedChunk, LoadUpload>(context, response, start, part);
+  return new UploadReactor<v1::LoadQuantizedChunk, LoadUpload>(engine, context, response, start,
+                                                                part);
 }
 
 grpc::ServerUnaryReactor* AdminService::UnloadLayer(grpc::CallbackServerContext* context,
@@ -180,14 +223,15 @@ grpc::ServerUnaryReactor* AdminService::UnloadLayer(grpc::CallbackServerContext*
 }
 
 DataService::DataService(Engine* engine, std::string build_info)
-    : engine_(engine), build_info_(std::move(build_info)),
-      started_(std::chrono::steady_clock::now()) {}
+    : engine_(engine), build_info_(std::move(build_info)) {}
 
 grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* context,
                                                const v1::ForwardRequest* request,
                                                v1::ForwardResponse* response) {
   auto* reactor = context->DefaultReactor();
-  auto fail = [&](absl::Status s) {
+  auto fail = [&](absl::Status s) {  // refused before Submit, which counts its own
+    engine_->RecordRejected(request->layer(), s.code());
+    if (AccessLogEnabled()) LogAccess(*request, 0, s.code(), 0, 0);
     reactor->Finish(ToGrpc(s));
     return reactor;
   };
@@ -237,7 +281,7 @@ grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* cont
   req.cancelled = [context] { return context->IsCancelled(); };
   std::vector<int64_t> out_shape(input.shape().begin(), input.shape().end());
   absl::Status submitted = engine_->Submit(
-      std::move(req), [reactor, request, response, out_shape, y_dtype](Engine::ForwardResult r) mutable {
+      std::move(req), [reactor, request, response, out_shape, y_dtype, rows](Engine::ForwardResult r) mutable {
         if (r.status.ok()) {
           v1::Tensor* out = response->mutable_output();
           out->set_dtype(ToProto(y_dtype));
@@ -252,9 +296,15 @@ grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* cont
           t->set_batch_rows(r.batch_rows);
           t->set_batch_requests(r.batch_requests);
         }
+        if (AccessLogEnabled()) {
+          LogAccess(*request, rows, r.status.code(), r.queue_us, r.compute_us);
+        }
         reactor->Finish(ToGrpc(r.status));
       });
-  if (!submitted.ok()) return fail(submitted);
+  if (!submitted.ok()) {
+    if (AccessLogEnabled()) LogAccess(*request, rows, submitted.code(), 0, 0);
+    reactor->Finish(ToGrpc(submitted));
+  }
   return reactor;
 }
 
@@ -283,49 +333,14 @@ grpc::ServerUnaryReactor* DataService::Stats(grpc::CallbackServerContext* contex
                                              const v1::StatsRequest* request,
                                              v1::StatsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  std::vector<LayerRegistry::Entry> entries;
-  if (!request->layer().empty()) {
-    auto entry = engine_->catalog().Get(request->layer());
-    if (!entry.ok()) {
-      reactor->Finish(ToGrpc(entry.status()));
-      return reactor;
-    }
-    entries.push_back(*entry);
-  } else {
-    entries = engine_->catalog().List();
+  // The one snapshot the metrics endpoint renders too.
+  auto snapshot = request->layer().empty() ? absl::StatusOr<EngineSnapshot>(engine_->Snapshot())
+                                           : engine_->Snapshot(request->layer());
+  if (snapshot.ok()) {
+    ToProto(*snapshot, response);
+    response->mutable_server()->set_build_info(build_info_);
   }
-  const auto all = engine_->catalog().List();
-  v1::ServerStats* server = response->mutable_server();
-  server->set_uptime_s(std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
-  server->set_layers(static_cast<int32_t>(all.size()));
-  server->set_bytes_held(engine_->catalog().bytes_held());
-  server->set_queue_rows(engine_->queued_rows());
-  server->set_threads(engine_->threads());
-  server->set_build_info(build_info_);
-  server->set_simd_target(std::string(SimdTargetName(DefaultSimdTarget())));
-  for (const auto& entry : entries) {
-    const Layer::Info& info = entry.layer->info();
-    const LayerStats& st = *entry.stats;
-    v1::LayerStats* out = response->add_layers();
-    out->set_name(info.name);
-    out->set_version(info.version);
-    for (int c = 0; c < LayerStats::kCodes; ++c) {
-      const auto code = static_cast<absl::StatusCode>(c);
-      if (st.requests(code) == 0) continue;
-      const std::string name = absl::StatusCodeToString(code);
-      (*out->mutable_requests_by_code())[name] = st.requests(code);
-      (*out->mutable_rows_by_code())[name] = st.rows(code);
-    }
-    out->set_batches(st.batches());
-    ToProto(st.batch_rows.Read(), out->mutable_batch_rows());
-    ToProto(st.queue_us.Read(), out->mutable_queue_us());
-    ToProto(st.compute_us.Read(), out->mutable_compute_us());
-    ToProto(st.total_us.Read(), out->mutable_total_us());
-    out->set_bytes_held(info.bytes_held);
-    if (info.error_report) ToProto(*info.error_report, out->mutable_error_report());
-    ToProto(info.origin, out->mutable_origin());
-  }
-  reactor->Finish(grpc::Status::OK);
+  reactor->Finish(ToGrpc(snapshot.status()));
   return reactor;
 }
 

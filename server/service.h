@@ -10,7 +10,6 @@
 #ifndef QLINEAR_SERVER_SERVICE_H_
 #define QLINEAR_SERVER_SERVICE_H_
 
-#include <chrono>
 #include <string>
 
 #include "core/engine/engine.h"
@@ -56,7 +55,6 @@ class DataService final : public v1::Data::CallbackService {
  private:
   Engine* engine_;
   std::string build_info_;
-  std::chrono::steady_clock::time_point started_;
 };
 
 }  // namespace qlinear

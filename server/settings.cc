@@ -56,7 +56,7 @@ absl::Status Check(const SettingSpec& spec, const std::string& value, const std:
     }
     case Type::kChoice: {
       for (absl::string_view c : absl::StrSplit(spec.choices, '|')) {
-        if (value == c) return absl::OkStatus();
+        if (absl::AsciiStrToLower(value) == c) return absl::OkStatus();  // as the CLI's --mode
       }
       return bad(absl::StrCat("one of ", absl::StrReplaceAll(spec.choices, {{"|", ", "}})));
     }
@@ -130,6 +130,13 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
        "layer 'demo' (4096x4096, affine b4 g64, seeded random float16 weights)"},
       {"simd", Type::kChoice, "T", "best", 0, 0, "best|avx512|avx2|portable",
        "the best kernel target to use: the CPU's best, or a lower one"},
+      {"metrics-listen", Type::kAddress, "HOST:PORT", "127.0.0.1:9464", 0, 0, "",
+       "HTTP address of /metrics, /healthz and /readyz (port 0 picks a free port; empty "
+       "turns it off)"},
+      {"log-format", Type::kChoice, "F", "text", 0, 0, "text|json",
+       "the event log on stderr: one line per event, as text or JSON lines"},
+      {"access-log", Type::kBool, "", "", 0, 0, "",
+       "also log one line per Forward (request id, layer, rows, code, queue and compute us)"},
   };
   return kSpecs;
 }

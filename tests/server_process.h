@@ -61,6 +61,9 @@ class ServerProcess {
       : target_("127.0.0.1:" + std::to_string(FreePort())), log_(options.log) {
     pid_ = fork();
     if (pid_ == 0) {
+      // Servers of parallel tests must not all take the default metrics
+      // port; a test's own --metrics-listen (or env) still wins.
+      setenv("QLINEAR_METRICS_LISTEN", "127.0.0.1:0", 1);
       for (const auto& [key, value] : options.env) setenv(key.c_str(), value.c_str(), 1);
       if (!options.log.empty()) {
         if (!freopen(options.log.c_str(), "w", stdout)) _exit(126);
@@ -120,6 +123,11 @@ class ServerProcess {
     const bool ok = fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
     if (fd >= 0) close(fd);
     return ok;
+  }
+
+  // Signal sends `sig` and returns at once.
+  void Signal(int sig) {
+    if (pid_ > 0) kill(pid_, sig);
   }
 
   // Stop sends `sig`, waits, and returns the exit status (-1 if killed).

@@ -57,41 +57,90 @@ absl::StatusOr<std::shared_ptr<const Layer>> Catalog::Publish(const LoadedLayer&
                                                      " at index ", i));
     }
   }
-  absl::MutexLock lock(&mu_);
-  absl::Status s = CheckNameLocked(layer.name, replace);
-  if (!s.ok()) return s;
-  if (version == 0) version = registry_.NextVersion();
-  if (store_ != nullptr && origin.kind == OriginKind::kUpload) {
-    s = store_->Put(layer, version);
+  CatalogEvent event;
+  Listener listener;
+  std::shared_ptr<const Layer> published;
+  {
+    absl::MutexLock lock(&mu_);
+    absl::Status s = CheckNameLocked(layer.name, replace);
     if (!s.ok()) return s;
-    // The layer now lives in the state dir; a restart reads it from there.
-    CrashPoint("catalog-after-store");
-  } else if (store_ != nullptr && replace) {
-    // A layer from elsewhere replacing a stored one: the stored copy must
-    // not come back at the next start.
-    s = store_->Remove(layer.name);
+    if (version == 0) version = registry_.NextVersion();
+    if (store_ != nullptr && origin.kind == OriginKind::kUpload) {
+      s = store_->Put(layer, version);
+      if (!s.ok()) return s;
+      // The layer now lives in the state dir; a restart reads it from there.
+      CrashPoint("catalog-after-store");
+    } else if (store_ != nullptr && replace) {
+      // A layer from elsewhere replacing a stored one: the stored copy must
+      // not come back at the next start.
+      s = store_->Remove(layer.name);
+      if (!s.ok()) return s;
+    }
+    bool replacing = false;
+    uint64_t replaced_version = 0;
+    if (auto before = registry_.Get(layer.name); before.ok()) {
+      replacing = true;
+      replaced_version = before->layer->info().version;
+    }
+    published = Layer::Create(layer.name, layer.q, layer.bias, layer.report, version,
+                              std::move(reservation), std::move(origin));
+    // Cannot fail: the name was checked under the same lock.
+    s = registry_.Publish(published, replace);
     if (!s.ok()) return s;
+    const Layer::Info& info = published->info();
+    event = {replacing ? CatalogEvent::Kind::kReplaced : CatalogEvent::Kind::kPublished,
+             info.name, info.version, info.bytes_held, info.origin, replaced_version};
+    listener = listener_;
   }
-  auto published = Layer::Create(layer.name, layer.q, layer.bias, layer.report, version,
-                                 std::move(reservation), std::move(origin));
-  // Cannot fail: the name was checked under the same lock.
-  s = registry_.Publish(published, replace);
-  if (!s.ok()) return s;
+  Notify(listener, event);
   return published;
 }
 
 absl::Status Catalog::Unload(const std::string& name) {
-  absl::MutexLock lock(&mu_);
-  if (draining_) return absl::UnavailableError("server is shutting down");
-  if (!registry_.Contains(name)) {
-    return absl::NotFoundError(absl::StrCat("layer '", name, "' is not loaded"));
-  }
-  if (store_ != nullptr) {
-    absl::Status s = store_->Remove(name);
+  CatalogEvent event;
+  Listener listener;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return absl::UnavailableError("server is shutting down");
+    auto entry = registry_.Get(name);
+    if (!entry.ok()) {
+      return absl::NotFoundError(absl::StrCat("layer '", name, "' is not loaded"));
+    }
+    if (store_ != nullptr) {
+      absl::Status s = store_->Remove(name);
+      if (!s.ok()) return s;
+      CrashPoint("catalog-after-remove");
+    }
+    absl::Status s = registry_.Unload(name);
     if (!s.ok()) return s;
-    CrashPoint("catalog-after-remove");
+    const Layer::Info& info = entry->layer->info();
+    event = {CatalogEvent::Kind::kUnloaded, info.name, info.version, info.bytes_held,
+             info.origin, 0};
+    listener = listener_;
   }
-  return registry_.Unload(name);
+  Notify(listener, event);
+  return absl::OkStatus();
+}
+
+void Catalog::SetListener(Listener listener) {
+  absl::MutexLock lock(&mu_);
+  listener_ = std::move(listener);
+}
+
+void Catalog::Notify(const Listener& listener, const CatalogEvent& event) {
+  if (listener) listener(event);
+}
+
+absl::string_view CatalogEventKindName(CatalogEvent::Kind kind) {
+  switch (kind) {
+    case CatalogEvent::Kind::kPublished:
+      return "published";
+    case CatalogEvent::Kind::kReplaced:
+      return "replaced";
+    case CatalogEvent::Kind::kUnloaded:
+      return "unloaded";
+  }
+  return "unknown";
 }
 
 }  // namespace qlinear

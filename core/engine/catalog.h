@@ -21,11 +21,18 @@
 // Thread safety: all methods may be called concurrently. Changes are
 // serialised by one mutex (they are rare and may write to disk); Get and
 // List, on the Forward path, only take the registry's short lock.
+//
+// Events: a listener (SetListener) hears of every change that took effect —
+// publish, replace, unload, whoever made it — after the change and outside
+// the catalog's mutex, on the thread that made it. Core logs nothing; the
+// server's listener does. Two concurrent changes may be heard in either
+// order; their versions tell them apart.
 #ifndef QLINEAR_CORE_ENGINE_CATALOG_H_
 #define QLINEAR_CORE_ENGINE_CATALOG_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,8 +47,26 @@
 
 namespace qlinear {
 
+// CatalogEvent: one change that took effect, as a listener hears it.
+struct CatalogEvent {
+  enum class Kind { kPublished, kReplaced, kUnloaded };
+  Kind kind = Kind::kPublished;
+  std::string name;
+  // The version published (kPublished, kReplaced) or removed (kUnloaded),
+  // with the bytes it holds and where it came from.
+  uint64_t version = 0;
+  uint64_t bytes = 0;
+  LayerOrigin origin;
+  uint64_t replaced_version = 0;  // kReplaced: the version it displaced
+};
+
+// CatalogEventKindName returns "published", "replaced" or "unloaded".
+absl::string_view CatalogEventKindName(CatalogEvent::Kind kind);
+
 class Catalog {
  public:
+  using Listener = std::function<void(const CatalogEvent&)>;
+
   // max_memory_bytes == 0 means unlimited.
   explicit Catalog(uint64_t max_memory_bytes);
 
@@ -51,6 +76,11 @@ class Catalog {
   bool has_store() const { return store_ != nullptr; }
   // SeedVersions makes every later version larger than `version`.
   void SeedVersions(uint64_t version);
+  // SetListener makes `listener` hear every later change (replacing any
+  // earlier one; an empty function stops it). It runs on the changing
+  // thread after the change, with no catalog lock held, and must not call
+  // back into the catalog's changing methods. Call before the first change.
+  void SetListener(Listener listener);
 
   // CheckName returns what Publish would for the name alone: UNAVAILABLE
   // when draining, INVALID_ARGUMENT for an empty name, ALREADY_EXISTS when
@@ -93,11 +123,14 @@ class Catalog {
 
  private:
   absl::Status CheckNameLocked(const std::string& name, bool replace) const;
+  // Notify hands `event` to the listener taken under mu_ (empty: none).
+  static void Notify(const Listener& listener, const CatalogEvent& event);
 
   mutable absl::Mutex mu_;  // serialises changes (and store writes)
   MemoryBudget budget_;
   LayerRegistry registry_;
   std::unique_ptr<LayerStore> store_ ABSL_GUARDED_BY(mu_);
+  Listener listener_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> draining_{false};
 };
 

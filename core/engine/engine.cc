@@ -1,6 +1,7 @@
 #include "core/engine/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <condition_variable>
 #include <deque>
@@ -51,6 +52,9 @@ struct Engine::Impl {
   bool halted = false;  // after a drain timeout: start no more batches
   bool stopping = false;
   std::thread dispatcher;
+  // Accepted requests whose `done` has not run yet (Finish counts down).
+  std::atomic<int64_t> unanswered{0};
+  int64_t refused_draining = 0;  // Submits refused while draining
 
   // When more work waits, answers leave through the completer thread, so
   // that building responses and handing them to the transport overlaps the
@@ -90,6 +94,9 @@ void Engine::Impl::Finish(const std::shared_ptr<Task>& task, absl::Status status
   stats.queue_us.Record(static_cast<double>(r.queue_us));
   if (r.status.ok()) stats.compute_us.Record(static_cast<double>(r.compute_us));
   stats.total_us.Record(static_cast<double>(MicrosBetween(task->enqueued, now)));
+  // Counted down first: once a client holds its answer, it is not
+  // "unanswered" to anyone who looks.
+  unanswered.fetch_sub(1);
   task->done(std::move(r));
 }
 
@@ -279,7 +286,7 @@ void Engine::Impl::Run() {
 }
 
 Engine::Engine(const Options& options)
-    : options_(options), catalog_(options.max_memory_bytes) {}
+    : options_(options), catalog_(options.max_memory_bytes), created_(Clock::now()) {}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (options.threads < 0 || options.max_batch_rows < 1 || options.max_batch_delay_us < 0 ||
@@ -327,9 +334,20 @@ bool Engine::draining() const {
   return impl_->draining;
 }
 
+int64_t Engine::batches_in_flight() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->in_flight ? 1 : 0;
+}
+
 absl::Status Engine::Submit(ForwardRequest request, Done done) {
   auto entry = catalog_.Get(request.layer);
-  if (!entry.ok()) return entry.status();
+  if (!entry.ok()) {
+    // One entry for every unknown name: a client must not grow the stats.
+    not_loaded_requests_.Add(entry.status().code());
+    not_loaded_rows_.Add(entry.status().code(),
+                         static_cast<uint64_t>(std::max<int64_t>(request.rows, 0)));
+    return entry.status();
+  }
   const Layer::Info& info = entry->layer->info();
   const std::shared_ptr<LayerStats> stats = entry->stats;
   const int64_t rows = request.rows;
@@ -357,6 +375,7 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     if (impl_->draining || impl_->stopping) {
+      ++impl_->refused_draining;
       return reject(absl::UnavailableError("server is shutting down"));
     }
     if (impl_->queued_rows + request.rows > options_.max_queue_rows) {
@@ -366,6 +385,7 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
     }
     task->request = std::move(request);
     impl_->queued_rows += task->request.rows;
+    impl_->unanswered.fetch_add(1);
     auto& queue = impl_->queues[task->request.layer];
     if (queue.empty()) impl_->turns.push_back(task->request.layer);
     queue.push_back(std::move(task));
@@ -374,13 +394,20 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
   return absl::OkStatus();
 }
 
-bool Engine::Drain(Clock::time_point deadline) {
+int64_t Engine::unanswered() const { return impl_->unanswered.load(); }
+
+bool Engine::Drain(Clock::time_point deadline, DrainCounts* counts) {
   std::vector<std::shared_ptr<Task>> left;
   bool drained;
+  int64_t pending = 0, refused_before = 0;
   catalog_.StartDraining();
   {
     std::unique_lock<std::mutex> lock(impl_->mu);
     impl_->draining = true;
+    // No request is accepted from here on: every one counted is answered
+    // before Drain returns.
+    pending = impl_->unanswered.load();
+    refused_before = impl_->refused_draining;
     impl_->work_cv.notify_all();
     drained = impl_->idle_cv.wait_until(lock, deadline, [&] {
       return impl_->queued_rows == 0 && impl_->turns.empty() && !impl_->in_flight &&
@@ -400,6 +427,12 @@ bool Engine::Drain(Clock::time_point deadline) {
   // Every computed answer has left before Drain returns.
   std::unique_lock<std::mutex> lock(impl_->mu);
   impl_->idle_cv.wait(lock, [&] { return impl_->answering == 0; });
+  if (counts != nullptr) {
+    counts->pending = pending;
+    counts->unavailable = static_cast<int64_t>(left.size());
+    counts->answered = pending - counts->unavailable;
+    counts->refused = impl_->refused_draining - refused_before;
+  }
   return drained;
 }
 

@@ -32,6 +32,8 @@
 #include "core/dtype.h"
 #include "core/engine/layer.h"
 #include "core/engine/catalog.h"
+#include "core/engine/snapshot.h"
+#include "core/engine/stats.h"
 
 namespace qlinear {
 
@@ -92,21 +94,57 @@ class Engine {
   // count), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining).
   absl::Status Submit(ForwardRequest request, Done done);
 
+  // DrainCounts: what one Drain did, in requests (for the server's log).
+  struct DrainCounts {
+    int64_t pending = 0;      // accepted and not yet answered when it began
+    int64_t answered = 0;     // of those, answered by the engine's own work
+                              // (OK, or DEADLINE_EXCEEDED / CANCELLED)
+    int64_t unavailable = 0;  // of those, answered UNAVAILABLE at the deadline
+    int64_t refused = 0;      // Submits refused UNAVAILABLE while it ran
+  };
+
   // Drain stops admission, then waits until every accepted request is
   // answered or `deadline` passes; then the ones still queued are answered
-  // UNAVAILABLE. Returns true when all finished normally.
-  bool Drain(Clock::time_point deadline);
+  // UNAVAILABLE. Returns true when all finished normally. `counts`
+  // (optional) receives what it did.
+  bool Drain(Clock::time_point deadline, DrainCounts* counts = nullptr);
+  // unanswered is the number of requests accepted whose answer has not
+  // started to leave (their `done` has not been called).
+  int64_t unanswered() const;
 
   int64_t queued_rows() const;
   // draining() is true once Drain has started.
   bool draining() const;
 
+  // Snapshot reads the whole state (core/engine/snapshot.h): every layer.
+  EngineSnapshot Snapshot() const;
+  // Snapshot of the server's totals and one layer; NOT_FOUND naming it when
+  // it is not loaded.
+  absl::StatusOr<EngineSnapshot> Snapshot(const std::string& layer) const;
+
+  // RecordUpload counts one upload stream ended with `code` (lock-free).
+  // The server calls it once for every stream, whatever ended it.
+  void RecordUpload(absl::StatusCode code) { uploads_.Add(code); }
+  // RecordRejected counts a Forward for `layer` that the server refused
+  // before Submit (malformed tensor, dtype): under the layer's stats when it
+  // is loaded, else under the one not-loaded entry. Rows count 0 (the shape
+  // may be what was wrong).
+  void RecordRejected(const std::string& layer, absl::StatusCode code);
+
  private:
   struct Impl;
   explicit Engine(const Options& options);
+  int64_t batches_in_flight() const;
+  // ReadSnapshot reads the totals and every layer, or only `only`.
+  EngineSnapshot ReadSnapshot(const LayerRegistry::Entry* only) const;
 
   Options options_;
   Catalog catalog_;
+  const Clock::time_point created_;
+  // Forward for names that are not loaded, counted under one entry.
+  CodeCounter not_loaded_requests_;
+  CodeCounter not_loaded_rows_;
+  CodeCounter uploads_;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -82,9 +82,15 @@ LayerStats::LayerStats()
       compute_us(Histogram::ExponentialBounds(1e8)),
       total_us(Histogram::ExponentialBounds(1e8)) {}
 
+CodeCounter::Counts CodeCounter::Read() const {
+  Counts out{};
+  for (size_t c = 0; c < out.size(); ++c) out[c] = counts_[c].load(std::memory_order_relaxed);
+  return out;
+}
+
 void LayerStats::RecordRequest(absl::StatusCode code, int64_t rows) {
-  requests_[Index(code)].fetch_add(1, std::memory_order_relaxed);
-  rows_[Index(code)].fetch_add(static_cast<uint64_t>(rows), std::memory_order_relaxed);
+  requests_.Add(code);
+  rows_.Add(code, static_cast<uint64_t>(std::max<int64_t>(rows, 0)));
 }
 
 }  // namespace qlinear

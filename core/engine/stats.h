@@ -48,6 +48,29 @@ class Histogram {
   std::atomic<double> max_{0};
 };
 
+// CodeCounter: events (and, with Add's `n`, amounts) by absl::StatusCode,
+// lock-free. Codes outside 0..16 count as UNKNOWN.
+class CodeCounter {
+ public:
+  static constexpr int kCodes = 17;  // absl::StatusCode 0..16
+  using Counts = std::array<uint64_t, kCodes>;  // indexed by the code's number
+
+  void Add(absl::StatusCode code, uint64_t n = 1) {
+    counts_[Index(code)].fetch_add(n, std::memory_order_relaxed);
+  }
+  uint64_t Get(absl::StatusCode code) const {
+    return counts_[Index(code)].load(std::memory_order_relaxed);
+  }
+  Counts Read() const;
+
+ private:
+  static size_t Index(absl::StatusCode code) {
+    const int c = static_cast<int>(code);
+    return static_cast<size_t>(c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown));
+  }
+  std::array<std::atomic<uint64_t>, kCodes> counts_{};
+};
+
 // LayerStats: what one layer (by name) has served.
 class LayerStats {
  public:
@@ -59,12 +82,10 @@ class LayerStats {
     batch_rows.Record(static_cast<double>(rows));
   }
 
-  uint64_t requests(absl::StatusCode code) const {
-    return requests_[Index(code)].load(std::memory_order_relaxed);
-  }
-  uint64_t rows(absl::StatusCode code) const {
-    return rows_[Index(code)].load(std::memory_order_relaxed);
-  }
+  uint64_t requests(absl::StatusCode code) const { return requests_.Get(code); }
+  uint64_t rows(absl::StatusCode code) const { return rows_.Get(code); }
+  const CodeCounter& requests() const { return requests_; }
+  const CodeCounter& rows() const { return rows_; }
   uint64_t batches() const { return batches_.load(std::memory_order_relaxed); }
 
   Histogram batch_rows;
@@ -72,15 +93,11 @@ class LayerStats {
   Histogram compute_us;
   Histogram total_us;
 
-  static constexpr int kCodes = 17;  // absl::StatusCode 0..16
+  static constexpr int kCodes = CodeCounter::kCodes;
 
  private:
-  static size_t Index(absl::StatusCode code) {
-    const int c = static_cast<int>(code);
-    return static_cast<size_t>(c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown));
-  }
-  std::array<std::atomic<uint64_t>, kCodes> requests_{};
-  std::array<std::atomic<uint64_t>, kCodes> rows_{};
+  CodeCounter requests_;
+  CodeCounter rows_;
   std::atomic<uint64_t> batches_{0};
 };
 

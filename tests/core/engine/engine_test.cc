@@ -307,10 +307,19 @@ TEST(EngineTest, DrainAnswersEveryAcceptedRequest) {
         if (r.status.code() == absl::StatusCode::kUnavailable) unavailable++;
       }).ok());
     }
-    const bool drained = engine->Drain(in_time ? Clock::now() + std::chrono::seconds(60) : Clock::now());
+    Engine::DrainCounts counts;
+    const bool drained =
+        engine->Drain(in_time ? Clock::now() + std::chrono::seconds(60) : Clock::now(), &counts);
     EXPECT_EQ(drained, in_time);
     EXPECT_EQ(answered.load(), kRequests);
     EXPECT_EQ(ok + unavailable, kRequests);
+    // What the drain reports (the server logs it): the requests it found
+    // unanswered, each answered by the work or UNAVAILABLE at the deadline.
+    EXPECT_LE(counts.pending, kRequests);
+    EXPECT_EQ(counts.unavailable, unavailable.load());
+    EXPECT_EQ(counts.answered + counts.unavailable, counts.pending);
+    EXPECT_EQ(counts.refused, 0);
+    EXPECT_EQ(engine->unanswered(), 0);
     if (in_time) EXPECT_EQ(ok.load(), kRequests);
     else EXPECT_GT(unavailable.load(), 0);
     absl::Status after = engine->Submit(Request("l", x.data(), 1, 1024), [](Engine::ForwardResult) {});
