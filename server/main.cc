@@ -27,9 +27,11 @@
 namespace qlinear {
 namespace {
 
+// Usage answers bad usage with one line (the flag, the value and what is
+// allowed) and exit status 2.
 int Usage(absl::string_view message) {
-  std::fprintf(stderr, "qlinear-server: %.*s\n%s", static_cast<int>(message.size()),
-               message.data(), HelpText().c_str());
+  std::fprintf(stderr, "qlinear-server: %.*s (qlinear-server --help lists the flags)\n",
+               static_cast<int>(message.size()), message.data());
   return 2;
 }
 

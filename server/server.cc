@@ -1,5 +1,12 @@
 #include "server/server.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "core/kernels/qmm.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -11,6 +18,46 @@
 #include "server/service.h"
 
 namespace qlinear {
+
+namespace {
+
+// WhyNoBind tells why `listen` cannot be bound, by trying it the way the
+// kernel would (gRPC only says that no address was added).
+std::string WhyNoBind(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon == std::string::npos ? 0 : colon);
+  const std::string port = colon == std::string::npos ? listen : listen.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (int e = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); e != 0) {
+    return absl::StrCat("cannot resolve '", host, "': ", gai_strerror(e));
+  }
+  std::string why = "the address is not usable";
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      why = std::strerror(errno);
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    const bool bound = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    if (!bound) why = std::strerror(errno);
+    close(fd);
+    if (bound) {
+      why = "gRPC could not listen there";
+      break;
+    }
+  }
+  freeaddrinfo(found);
+  return why;
+}
+
+}  // namespace
 
 std::string BuildInfo() {
   return absl::StrCat("qlinear ", kQlinearVersion, " (gcc ", __GNUC__, ".", __GNUC_MINOR__,
@@ -43,7 +90,8 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   builder.RegisterService(s->data_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", options.listen, "': ", WhyNoBind(options.listen)));
   }
   s->serving_ = options.serving_on_start;
   s->SetHealth(options.serving_on_start);

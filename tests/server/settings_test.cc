@@ -2,7 +2,12 @@
 // come from it and agree.
 #include "server/settings.h"
 
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
+#include <tuple>
 #include <map>
 #include <set>
 #include <sstream>
@@ -113,6 +118,33 @@ TEST(SettingsTest, HelpAndDocsComeFromTheTable) {
   EXPECT_EQ(doc.substr(from + open.size(), to - from - open.size()), FlagsMarkdown())
       << "docs/api.md's settings table differs from the table in server/settings.cc; paste "
          "FlagsMarkdown() (qlinear-server --help-markdown) between the markers";
+}
+
+// The real binary: bad usage is exit 2 and one line; an address that
+// cannot be bound is exit 1 saying why.
+TEST(SettingsTest, TheServerExitsTwoForBadUsageAndOneForAnUnusableAddress) {
+  const std::string log = ::testing::TempDir() + "settings_test.log";
+  auto run = [&](const std::string& args) {
+    const int status =
+        std::system(absl::StrCat(QLINEAR_SERVER_BINARY, " ", args, " >", log, " 2>&1").c_str());
+    std::ifstream in(log);
+    std::stringstream b;
+    b << in.rdbuf();
+    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, b.str());
+  };
+  auto [code, out] = run("--listen 0.0.0.0:abc");
+  EXPECT_EQ(code, 2);
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_THAT(out, AllOf(HasSubstr("--listen"), HasSubstr("'0.0.0.0:abc'"), HasSubstr("HOST:PORT")));
+  std::tie(code, out) = run("--bogus 1");
+  EXPECT_EQ(code, 2);
+  EXPECT_THAT(out, HasSubstr("unknown flag --bogus"));
+  // 192.0.2.1 (TEST-NET-1) is no address of this machine: bind() refuses it.
+  std::tie(code, out) = run("--listen 192.0.2.1:50051 --metrics-listen= --state-dir " +
+                            ::testing::TempDir() + "settings_test_state");
+  EXPECT_EQ(code, 1);
+  EXPECT_THAT(out, AllOf(HasSubstr("cannot listen on '192.0.2.1:50051'"),
+                         HasSubstr("Cannot assign requested address")));
 }
 
 }  // namespace
