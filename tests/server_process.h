@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "client/client.h"
+#include "tests/test_util.h"
 
 namespace qlinear {
 
@@ -169,12 +170,7 @@ class ServerProcess {
   }
 
   // Log is what the child wrote so far (Options::log).
-  std::string Log() const {
-    std::ifstream in(log_);
-    std::stringstream b;
-    b << in.rdbuf();
-    return b.str();
-  }
+  std::string Log() const { return ReadFileBytes(log_); }
 
  private:
   pid_t pid_ = -1;

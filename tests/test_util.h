@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,14 @@ inline std::string GoldenDir() {
 inline std::string MlxLmDir() {
   const char* env = std::getenv("QLINEAR_MLX_LM_DIR");
   return env != nullptr ? env : QLINEAR_MLX_LM_DIR;
+}
+
+// ReadFileBytes is the whole file at `path` (empty when it cannot be read).
+inline std::string ReadFileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
 }
 
 inline double MaxAbs(const std::vector<float>& v) {

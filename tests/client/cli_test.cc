@@ -38,12 +38,6 @@ struct RunResult {
   std::string err;
 };
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 class CliTest : public ::testing::Test {
  protected:
@@ -61,8 +55,8 @@ class CliTest : public ::testing::Test {
     const int status = std::system(cmd.c_str());
     RunResult r;
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = ReadFile(out);
-    r.err = ReadFile(err);
+    r.out = ReadFileBytes(out);
+    r.err = ReadFileBytes(err);
     return r;
   }
 

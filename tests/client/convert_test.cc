@@ -40,12 +40,6 @@ namespace fs = std::filesystem;
 const std::string kFixtures = QLINEAR_MLX_LM_DIR;
 const std::string kFloat = kFixtures + "/tiny-llama-float";
 
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 void WriteText(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
@@ -62,8 +56,8 @@ RunResult RunCli(const ScopedTempDir& dir, const std::string& args) {
       (std::string(QLINEAR_BINARY) + " " + args + " >'" + out + "' 2>'" + err + "'").c_str());
   RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadText(out);
-  r.err = ReadText(err);
+  r.out = ReadFileBytes(out);
+  r.err = ReadFileBytes(err);
   return r;
 }
 
@@ -111,7 +105,7 @@ void ExpectSameTensors(const std::string& got_dir, const std::string& want_dir,
   }
 }
 
-OJson ReadJson(const std::string& path) { return OJson::parse(ReadText(path)); }
+OJson ReadJson(const std::string& path) { return OJson::parse(ReadFileBytes(path)); }
 
 // CopyFloatFolder copies tiny-llama-float into `dst` with `edit` applied to
 // its config (the index is left out: an HF folder may lack one).
@@ -162,9 +156,9 @@ TEST(ConvertTest, DefaultsReproduceTinyLlama4bit) {
   EXPECT_EQ(ReadJson(out + "/model.safetensors.index.json"),
             ReadJson(want + "/model.safetensors.index.json"));
   // Stronger: both JSON files are byte-identical to what mlx-lm's json.dump wrote.
-  EXPECT_EQ(ReadText(out + "/config.json"), ReadText(want + "/config.json"));
-  EXPECT_EQ(ReadText(out + "/model.safetensors.index.json"),
-            ReadText(want + "/model.safetensors.index.json"));
+  EXPECT_EQ(ReadFileBytes(out + "/config.json"), ReadFileBytes(want + "/config.json"));
+  EXPECT_EQ(ReadFileBytes(out + "/model.safetensors.index.json"),
+            ReadFileBytes(want + "/model.safetensors.index.json"));
   std::map<std::string, std::string> meta;
   ReadFolder(out, &meta);
   EXPECT_EQ(meta["model.safetensors"], R"({"format":"mlx"})");
@@ -262,7 +256,7 @@ TEST(ConvertTest, PredicateAndTinyCapRebuildTinyLlamaMixed) {
   const std::string want = kFixtures + "/tiny-llama-mixed";
   ExpectSameTensors(o.out, want, /*same_files=*/true);
   for (const char* json : {"/config.json", "/model.safetensors.index.json"}) {
-    EXPECT_EQ(ReadText(o.out + json), ReadText(want + json)) << json;
+    EXPECT_EQ(ReadFileBytes(o.out + json), ReadFileBytes(want + json)) << json;
   }
 }
 
@@ -525,14 +519,14 @@ TEST(ConvertTest, TiedLmHeadIsDroppedAndOtherFilesAreCopied) {
   EXPECT_FALSE(config.contains("tie_word_embeddings"));
   // json.dump's layout of floats (repr) and strings (ensure_ascii), as
   // Python 3 prints these values.
-  EXPECT_THAT(ReadText(dir.File("q/config.json")),
+  EXPECT_THAT(ReadFileBytes(dir.File("q/config.json")),
               HasSubstr("    \"x_floats\": [\n        1e+16,\n        1234567890123456.0,\n"
                         "        1.5e-07,\n        0.0001,\n        1e-05,\n        -0.0,\n"
                         "        100000.0,\n        0.1,\n        2.5,\n        1e+22,\n"
                         "        123456789.125\n    ],\n"
                         "    \"x_text\": \"\\u00e9\\ud83d\\ude00\\u007f\\t\\\"\\\\ /\"\n}"));
   for (const char* f : {"/tokenizer.json", "/generation_config.json", "/modeling_tiny.py"}) {
-    EXPECT_EQ(ReadText(dir.File("q") + f), ReadText(in + f)) << f;
+    EXPECT_EQ(ReadFileBytes(dir.File("q") + f), ReadFileBytes(in + f)) << f;
   }
   const OJson index = ReadJson(dir.File("q/model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_parameters"], 1836544 - 512 * 256);
@@ -591,7 +585,7 @@ TEST(ConvertTest, RefusesWhatMlxLmWouldNotConvertHere) {
   RunResult r = RunCli(dir, "convert --in " + kFloat + " --out " + dir.File("exists"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("already exists"));
-  EXPECT_EQ(ReadText(dir.File("exists/keep")), "mine");
+  EXPECT_EQ(ReadFileBytes(dir.File("exists/keep")), "mine");
   // Not a folder; missing; already quantized.
   r = RunCli(dir, "convert --in " + kFloat + "/model.safetensors --out " + dir.File("o"));
   EXPECT_EQ(r.exit_code, 1);

@@ -27,12 +27,6 @@ using Json = nlohmann::json;
 
 std::string Message(const absl::Status& s) { return std::string(s.message()); }
 
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream b;
-  b << in.rdbuf();
-  return b.str();
-}
 
 void WriteText(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::trunc) << text;
@@ -67,7 +61,7 @@ class FolderCopy {
     }
     ASSERT_TRUE(WriteSafetensors(File(file), tensors, (*shard)->metadata()).ok());
   }
-  Json ReadJson(const std::string& name) const { return Json::parse(ReadText(File(name))); }
+  Json ReadJson(const std::string& name) const { return Json::parse(ReadFileBytes(File(name))); }
   void WriteJson(const std::string& name, const Json& j) const { WriteText(File(name), j.dump(4)); }
 
  private:

@@ -53,12 +53,6 @@ std::string MakeFileWithLength(uint64_t len, absl::string_view rest) {
   return out;
 }
 
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 void WriteBytes(const std::string& path, absl::string_view bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -170,7 +164,7 @@ TEST(SafetensorsTest, RoundTrip) {
 
   // The data section starts 8-byte aligned and holds the tensors in the order
   // they were given.
-  const std::string raw = ReadBytes(path);
+  const std::string raw = ReadFileBytes(path);
   ASSERT_GE(raw.size(), 8u);
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) {
@@ -590,7 +584,7 @@ TEST(WriteSafetensorsTest, InterruptedWriteKeepsPreviousFile) {
                                 {"a2", DType::kU16, {2}, BytesOf(a2)}},
                                {{"version", "A"}})
                   .ok());
-  const std::string before = ReadBytes(path);
+  const std::string before = ReadFileBytes(path);
   ASSERT_FALSE(before.empty());
 
   // 8 MiB of different tensors; the child dies after 3 MiB of them.
@@ -616,7 +610,7 @@ TEST(WriteSafetensorsTest, InterruptedWriteKeepsPreviousFile) {
                                        "not interrupted";
   EXPECT_EQ(WTERMSIG(wstatus), SIGKILL);
 
-  EXPECT_EQ(ReadBytes(path), before);
+  EXPECT_EQ(ReadFileBytes(path), before);
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   std::vector<std::string> names;

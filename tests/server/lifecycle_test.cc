@@ -56,10 +56,7 @@ struct CliResult {
 CliResult RunCli(const std::string& args, const std::string& log) {
   const std::string command = absl::StrCat(QLINEAR_BINARY, " ", args, " >", log, " 2>&1");
   const int status = std::system(command.c_str());
-  std::ifstream in(log);
-  std::stringstream b;
-  b << in.rdbuf();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, b.str()};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFileBytes(log)};
 }
 
 // ExitWithin is the exit status of a server expected to stop by itself

@@ -228,12 +228,7 @@ class Prometheus {
     return out;
   }
 
-  std::string Log() const {
-    std::ifstream in(log_);
-    std::stringstream b;
-    b << in.rdbuf();
-    return b.str();
-  }
+  std::string Log() const { return ReadFileBytes(log_); }
 
  private:
   int port_;
@@ -370,11 +365,9 @@ TEST_F(OpsHttpTest, PromtoolFindsNothingToReport) {
   std::ofstream(exposition) << Metrics();
   const int status = std::system(
       absl::StrCat(promtool, " check metrics < ", exposition, " > ", report, " 2>&1").c_str());
-  std::ifstream in(report);
-  std::stringstream out;
-  out << in.rdbuf();
-  EXPECT_EQ(status, 0) << out.str();
-  EXPECT_EQ(out.str(), "");
+  const std::string out = ReadFileBytes(report);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(out, "");
 }
 
 TEST_F(OpsHttpTest, StatsAndMetricsAgree) {

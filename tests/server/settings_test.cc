@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "tests/test_util.h"
 
 namespace qlinear {
 namespace {
@@ -106,11 +107,8 @@ TEST(SettingsTest, HelpAndDocsComeFromTheTable) {
   for (const SettingSpec& spec : ServerSettingSpecs()) {
     EXPECT_THAT(help, AllOf(HasSubstr(absl::StrCat("--", spec.name)), HasSubstr(EnvName(spec))));
   }
-  std::ifstream in(QLINEAR_SOURCE_DIR "/docs/api.md");
-  ASSERT_TRUE(in) << "docs/api.md";
-  std::stringstream b;
-  b << in.rdbuf();
-  const std::string doc = b.str();
+  const std::string doc = ReadFileBytes(QLINEAR_SOURCE_DIR "/docs/api.md");
+  ASSERT_FALSE(doc.empty()) << "docs/api.md";
   const std::string open = "<!-- settings-table -->\n", close = "<!-- /settings-table -->";
   const size_t from = doc.find(open), to = doc.find(close);
   ASSERT_NE(from, std::string::npos) << "docs/api.md lacks " << open;
@@ -127,10 +125,7 @@ TEST(SettingsTest, TheServerExitsTwoForBadUsageAndOneForAnUnusableAddress) {
   auto run = [&](const std::string& args) {
     const int status =
         std::system(absl::StrCat(QLINEAR_SERVER_BINARY, " ", args, " >", log, " 2>&1").c_str());
-    std::ifstream in(log);
-    std::stringstream b;
-    b << in.rdbuf();
-    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, b.str());
+    return std::make_pair(WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFileBytes(log));
   };
   auto [code, out] = run("--listen 0.0.0.0:abc");
   EXPECT_EQ(code, 2);

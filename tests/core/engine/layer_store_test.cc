@@ -88,12 +88,6 @@ std::vector<std::string> ListDir(const std::string& dir) {
   return names;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -280,7 +274,7 @@ TEST(LayerStoreTest, OpenCreatesMissingFoldersAndWritesThePid) {
   const std::string nested = dir.File("a/b/c/");
   auto store = OpenOrDie(nested);
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(ReadFile(dir.File("a/b/c/LOCK")), absl::StrCat(getpid(), "\n"));
+  EXPECT_EQ(ReadFileBytes(dir.File("a/b/c/LOCK")), absl::StrCat(getpid(), "\n"));
   WriteFile(dir.File("file"), "x");
   auto not_dir = LayerStore::Open(dir.File("file/sub"));
   EXPECT_FALSE(not_dir.ok());
@@ -309,7 +303,7 @@ TEST(LayerStoreTest, ASecondOpenFailsNamingTheHolderUntilTheFirstIsGone) {
                : 1;
   });
   EXPECT_TRUE(WIFEXITED(child) && WEXITSTATUS(child) == 0) << child;
-  EXPECT_EQ(ReadFile(dir.File("LOCK")), absl::StrCat(getpid(), "\n"));
+  EXPECT_EQ(ReadFileBytes(dir.File("LOCK")), absl::StrCat(getpid(), "\n"));
   first.reset();
   auto third = LayerStore::Open(dir.path());
   EXPECT_TRUE(third.ok()) << third.status();
@@ -332,9 +326,9 @@ TEST(LayerStoreTest, DamagedAndForeignFilesAreReportedAndTheRestLoads) {
     truncated = store->FileOf("truncated");
     flipped = store->FileOf("flipped");
   }
-  const std::string t = ReadFile(truncated);
+  const std::string t = ReadFileBytes(truncated);
   WriteFile(truncated, t.substr(0, t.size() - 5));
-  std::string f = ReadFile(flipped);
+  std::string f = ReadFileBytes(flipped);
   f.back() ^=
       0x01;  // inside the last tensor, .weight: only the checksum can tell
   WriteFile(flipped, f);
@@ -368,7 +362,7 @@ TEST(LayerStoreTest, OfTwoCopiesTheHigherVersionWinsAndTheOtherIsRemoved) {
     LoadOrDie(*store);
     ASSERT_TRUE(store->Put(MakeLayer("a", kAffine4, DType::kF32, 1), 5).ok());
     old_file = store->FileOf("a");
-    old_bytes = ReadFile(old_file);
+    old_bytes = ReadFileBytes(old_file);
     ASSERT_TRUE(store->Put(newer, 9).ok());
   }
   // As if the Put had died between its rename and removing the old file.
@@ -396,7 +390,7 @@ TEST(LayerStoreTest, AFileWhoseNameDisagreesWithItsMetadataIsAProblem) {
     ASSERT_TRUE(store->Put(layer, 4).ok());
   }
   const std::string renamed = dir.File("L00000000000000000008-a.safetensors");
-  WriteFile(renamed, ReadFile(dir.File("L00000000000000000004-a.safetensors")));
+  WriteFile(renamed, ReadFileBytes(dir.File("L00000000000000000004-a.safetensors")));
   WriteFile(dir.File("Lnot-a-version.safetensors"), "x");
   auto store = OpenOrDie(dir.path());
   ASSERT_NE(store, nullptr);
