@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "client/printable.h"
 
 namespace qlinear {
 
@@ -21,16 +22,17 @@ struct Command {
                  static_cast<int>(message.size()), message.data(), name, usage);
     return 2;
   }
-  // Fail prints the message; returns 1.
+  // Fail prints the message (control bytes escaped: it may come from a
+  // server); returns 1.
   int Fail(const absl::Status& status) const {
-    std::fprintf(stderr, "qlinear %s: %s\n", name, std::string(status.message()).c_str());
+    std::fprintf(stderr, "qlinear %s: %s\n", name, Printable(status.message()).c_str());
     return 1;
   }
   // FailRpc prints the canonical code name and the message; returns 1.
   int FailRpc(const absl::Status& status) const {
     std::fprintf(stderr, "qlinear %s: %s: %s\n", name,
                  absl::StatusCodeToString(status.code()).c_str(),
-                 std::string(status.message()).c_str());
+                 Printable(status.message()).c_str());
     return 1;
   }
 };

@@ -64,7 +64,9 @@ void QuantizeAffineGroup(const QuantParams& p, DType dtype, const float* w,
   }
   for (int i = 0; i < p.group_size; ++i) {
     float q = std::rint((w[i] - b) / s);
-    q = std::min(std::max(q, 0.0f), n_bins);
+    // NaN comes from a scale that overflowed T (the layer is then refused by
+    // ValidateQuantizedValues); it must not reach the integer cast (UB).
+    q = std::isnan(q) ? 0.0f : std::min(std::max(q, 0.0f), n_bins);
     PackCode(wq_row, p.bits, first_col + i, static_cast<uint32_t>(q));
   }
   StoreFloat(dtype, scale, 0, s);
@@ -257,6 +259,10 @@ absl::StatusOr<QuantizedMatrix> Quantize(const QuantParams& params,
   if (params.has_biases()) q.biases.assign(groups * DTypeSize(dtype), 0);
   QuantizeRows(params, dtype, w, n, k, q.wq.data(), q.scales.data(),
                q.biases.data());
+  // Finite weights can still give a scale that is not finite in T (a range
+  // wider than T's largest value); such a layer would answer NaN.
+  status = ValidateQuantizedValues(q);
+  if (!status.ok()) return status;
   return q;
 }
 
@@ -329,7 +335,11 @@ ErrorReport ComputeErrorReport(const QuantizedMatrix& q, DType dtype,
 }
 
 absl::Status ValidateQuantizedValues(const QuantizedMatrix& q) {
-  for (int64_t r = 0; r < q.n; ++r) {
+  return ValidateQuantizedRows(q, 0, q.n);
+}
+
+absl::Status ValidateQuantizedRows(const QuantizedMatrix& q, int64_t row0, int64_t rows) {
+  for (int64_t r = row0; r < row0 + rows; ++r) {
     for (int64_t g = 0; g < q.groups(); ++g) {
       const size_t i = static_cast<size_t>(r * q.groups() + g);
       if (q.params.mode == QuantMode::kAffine) {

@@ -83,7 +83,10 @@ void QuantizeRows(const QuantParams& params, DType dtype, const void* w,
                   uint8_t* biases);
 
 // Quantize validates and quantizes a whole [n, k] weight of F32/F16/BF16.
-// INVALID_ARGUMENT for bad params, dtype, shape, or non-finite weights.
+// INVALID_ARGUMENT for bad params, dtype, shape, non-finite weights, or
+// finite weights whose group scale or bias is not finite in T (e.g. f32
+// 3e38 and -3e38 in one group: (max - min) / (2^bits - 1) overflows), with
+// ValidateQuantizedValues's message.
 absl::StatusOr<QuantizedMatrix> Quantize(const QuantParams& params,
                                          DType dtype, const void* w, int64_t n,
                                          int64_t k);
@@ -117,7 +120,12 @@ ErrorReport ComputeErrorReport(const QuantizedMatrix& q, DType dtype,
 // ValidateQuantizedValues checks a pre-quantized matrix (shapes already matched
 // against params by the caller): affine scales/biases finite, E8M0 scales not
 // 0xFF (NaN). INVALID_ARGUMENT naming row and group otherwise.
+// Every path that builds a layer (Quantize, uploads, files) ends with it,
+// and the catalog checks it again before it publishes.
 absl::Status ValidateQuantizedValues(const QuantizedMatrix& q);
+// ValidateQuantizedRows checks rows [row0, row0 + rows) the same way (for a
+// layer quantized row by row as it streams in).
+absl::Status ValidateQuantizedRows(const QuantizedMatrix& q, int64_t row0, int64_t rows);
 
 // Fp8E4M3FromFloat / Fp8E4M3ToFloat are MLX's E4M3 conversions.
 uint8_t Fp8E4M3FromFloat(float v);

@@ -21,6 +21,15 @@ std::optional<DType> FromProto(v1::DType dtype) {
   }
 }
 
+absl::StatusOr<DType> FloatDTypeFromProto(v1::DType dtype, absl::string_view what) {
+  auto d = FromProto(dtype);
+  if (!d || !IsFloatDType(*d)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be F32, F16 or BF16; got ", WireEnumName(dtype)));
+  }
+  return *d;
+}
+
 v1::DType ToProto(DType dtype) {
   switch (dtype) {
     case DType::kF32:
@@ -69,7 +78,8 @@ absl::StatusOr<QuantParams> FromProto(const v1::QuantSpec& spec) {
       break;
     default:
       return absl::InvalidArgumentError(
-          absl::StrCat("unknown quantization mode value ", static_cast<int>(spec.mode())));
+          absl::StrCat("quantization mode must be AFFINE, MXFP4, MXFP8 or NVFP4; got ",
+                       WireEnumName(spec.mode())));
   }
   return MakeQuantParams(mode, spec.bits() ? std::optional<int>(spec.bits()) : std::nullopt,
                          spec.group_size() ? std::optional<int>(spec.group_size()) : std::nullopt);

@@ -93,6 +93,9 @@ void ToProto(const EngineSnapshot& s, v1::StatsResponse* out) {
   CodeMap(s.not_loaded_requests, server->mutable_not_loaded_requests_by_code());
   CodeMap(s.not_loaded_rows, server->mutable_not_loaded_rows_by_code());
   CodeMap(s.uploads, server->mutable_uploads_by_code());
+  for (const auto& [rpc, n] : s.malformed_requests) {
+    (*server->mutable_malformed_requests_by_rpc())[rpc] = n;
+  }
   for (int kind = 0; kind < kOriginKinds; ++kind) {
     const std::string origin(OriginKindName(static_cast<OriginKind>(kind)));
     (*server->mutable_layers_by_origin())[origin] = s.layers_by_origin[static_cast<size_t>(kind)];

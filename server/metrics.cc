@@ -173,6 +173,12 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
     if (s.uploads[c] == 0 && c != kOk) continue;
     AddCounter(uploads, {{"outcome", CodeName(c)}}, static_cast<double>(s.uploads[c]));
   }
+  MetricFamily malformed = Family(
+      "qlinear_malformed_requests_total",
+      "Requests whose bytes did not parse, by RPC (counted, not logged)", MetricType::Counter);
+  for (const auto& [rpc, n] : s.malformed_requests) {
+    AddCounter(malformed, {{"rpc", rpc}}, static_cast<double>(n));
+  }
   MetricFamily layers =
       Family("qlinear_layers", "Layers loaded now, by where they came from", MetricType::Gauge);
   for (int kind = 0; kind < kOriginKinds; ++kind) {
@@ -195,7 +201,7 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
 
   std::vector<MetricFamily> out;
   for (MetricFamily* f : {&requests, &rows, &batches, &batch_rows, &queue, &compute, &total,
-                          &layer_bytes, &uploads, &layers, &build}) {
+                          &layer_bytes, &uploads, &malformed, &layers, &build}) {
     if (!f->metric.empty()) out.push_back(std::move(*f));
   }
   out.push_back(gauge("qlinear_bytes_held", "Bytes every live layer version holds",

@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/names.h"
+#include "core/quantize.h"
 
 namespace qlinear {
 
@@ -22,18 +24,19 @@ absl::Status Catalog::CheckName(const std::string& name, bool replace) const {
 
 absl::Status Catalog::CheckNameLocked(const std::string& name, bool replace) const {
   if (draining_) return absl::UnavailableError("server is shutting down");
-  if (name.empty()) return absl::InvalidArgumentError("layer name must not be empty");
+  if (absl::Status s = ValidateLayerName(name); !s.ok()) return s;
   if (!replace && registry_.Contains(name)) {
     return absl::AlreadyExistsError(
-        absl::StrCat("layer '", name, "' already exists; set replace to swap it"));
+        absl::StrCat("layer ", QuoteForMessage(name), " already exists; set replace to swap it"));
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<Reservation> Catalog::Reserve(const std::string& name, const QuantParams& params,
                                              int64_t n, int64_t k, bool has_bias) {
-  const uint64_t bytes = Layer::PackedBytes(params, n, k, has_bias);
-  absl::Status s = budget_.TryReserve(bytes, absl::StrCat("layer '", name, "'"));
+  // The name's bytes are the layer's too (Layer::Info::bytes_held).
+  const uint64_t bytes = Layer::PackedBytes(params, n, k, has_bias) + name.size();
+  absl::Status s = budget_.TryReserve(bytes, absl::StrCat("layer ", QuoteForMessage(name)));
   if (!s.ok()) return s;
   return Reservation(&budget_, bytes);
 }
@@ -50,10 +53,16 @@ absl::StatusOr<std::shared_ptr<const Layer>> Catalog::Publish(const LoadedLayer&
                                                              LayerOrigin origin, bool replace,
                                                              Reservation reservation,
                                                              uint64_t version) {
+  // The one door: whatever path built it, no layer with a scale or bias
+  // that is not finite is served.
+  if (absl::Status s = ValidateQuantizedValues(layer.q); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", QuoteForMessage(layer.name), ": ", s.message()));
+  }
   for (size_t i = 0; i < layer.bias.size(); ++i) {
     if (!std::isfinite(layer.bias[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("bias of layer '", layer.name,
-                                                     "' must be finite; got ", layer.bias[i],
+      return absl::InvalidArgumentError(absl::StrCat("bias of layer ", QuoteForMessage(layer.name),
+                                                     " must be finite; got ", layer.bias[i],
                                                      " at index ", i));
     }
   }
@@ -104,7 +113,7 @@ absl::Status Catalog::Unload(const std::string& name) {
     if (draining_) return absl::UnavailableError("server is shutting down");
     auto entry = registry_.Get(name);
     if (!entry.ok()) {
-      return absl::NotFoundError(absl::StrCat("layer '", name, "' is not loaded"));
+      return absl::NotFoundError(absl::StrCat("layer ", QuoteForMessage(name), " is not loaded"));
     }
     if (store_ != nullptr) {
       absl::Status s = store_->Remove(name);

@@ -15,8 +15,8 @@
 // Admission: every method that changes the catalog returns UNAVAILABLE once
 // StartDraining has been called. Publish returns ALREADY_EXISTS when the
 // name is taken and `replace` is false, RESOURCE_EXHAUSTED when the bytes do
-// not fit the budget, INVALID_ARGUMENT for a bias that is not finite or an
-// empty name; Unload and Get return NOT_FOUND for an unknown name.
+// not fit the budget, INVALID_ARGUMENT for a bias that is not finite or a
+// name outside core/names.h's rule (checked before anything is reserved); Unload and Get return NOT_FOUND for an unknown name.
 //
 // Thread safety: all methods may be called concurrently. Changes are
 // serialised by one mutex (they are rare and may write to disk); Get and
@@ -83,10 +83,12 @@ class Catalog {
   void SetListener(Listener listener);
 
   // CheckName returns what Publish would for the name alone: UNAVAILABLE
-  // when draining, INVALID_ARGUMENT for an empty name, ALREADY_EXISTS when
+  // when draining, INVALID_ARGUMENT for a name ValidateLayerName refuses
+  // (core/names.h), ALREADY_EXISTS when
   // taken and !replace. Uploads call it before receiving any weights.
   absl::Status CheckName(const std::string& name, bool replace) const;
-  // Reserve holds the most bytes a layer of this shape can take (uploads
+  // Reserve holds the most bytes a layer of this shape and name can take,
+  // the name's bytes included (uploads
   // reserve before the weights arrive). RESOURCE_EXHAUSTED naming the layer,
   // the budget and what is held when they do not fit.
   absl::StatusOr<Reservation> Reserve(const std::string& name, const QuantParams& params,

@@ -10,7 +10,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/half.h"
+#include "core/names.h"
 #include "core/kernels/qmm.h"
 #include "tbb/info.h"
 #include "tbb/task_arena.h"
@@ -88,6 +90,7 @@ void Engine::Impl::Finish(const std::shared_ptr<Task>& task, absl::Status status
   r.status = std::move(status);
   if (!r.status.ok()) r.y.clear();
   r.version = task->entry.layer->info().version;
+  r.stats = task->entry.stats;
   if (r.queue_us == 0 && task->next_row == 0) r.queue_us = MicrosBetween(task->enqueued, now);
   LayerStats& stats = *task->entry.stats;
   stats.RecordRequest(r.status.code(), task->request.rows);
@@ -362,11 +365,27 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
   }
   if (request.k != info.k) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
-        "layer '", info.name, "' expects input [..., ", info.k, "]; got [..., ", request.k, "]")));
+        "layer ", QuoteForMessage(info.name), " expects input [..., ", info.k, "]; got [..., ", request.k, "]")));
   }
   if (request.rows < 1) {
     return reject(absl::InvalidArgumentError(
         absl::StrCat("input must hold at least one row of ", info.k, "; got ", request.rows)));
+  }
+  if (request.max_answer_bytes != 0) {
+    // rows * n * size + overhead > max, without overflowing.
+    const uint64_t row_bytes = static_cast<uint64_t>(info.n) * DTypeSize(request.y_dtype);
+    const uint64_t overhead = request.answer_overhead_bytes;
+    const uint64_t max = request.max_answer_bytes;
+    const uint64_t r = static_cast<uint64_t>(request.rows);
+    if (overhead > max || r > (max - overhead) / row_bytes) {
+      const long double answer = static_cast<long double>(r) * static_cast<long double>(row_bytes) +
+                                 static_cast<long double>(overhead);
+      return reject(absl::ResourceExhaustedError(absl::StrCat(
+          "the answer would be ", absl::StrFormat("%.0Lf", answer), " bytes ([", request.rows, ", ",
+          info.n, "] of ", DTypeName(request.y_dtype), " and ", overhead,
+          " more), over the response limit of ", max,
+          " bytes (--max-message-mb); send fewer rows per request")));
+    }
   }
   auto task = std::make_shared<Task>();
   task->entry = *entry;
@@ -392,6 +411,18 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
   }
   impl_->work_cv.notify_one();
   return absl::OkStatus();
+}
+
+void Engine::RecordUndelivered(const ForwardResult& result, int64_t rows, absl::StatusCode code) {
+  if (result.stats == nullptr || result.status.code() == code) return;
+  result.stats->Reclassify(result.status.code(), code, rows);
+}
+
+void Engine::RecordMalformed(absl::string_view rpc) {
+  absl::MutexLock lock(&malformed_mu_);
+  auto it = malformed_.find(rpc);
+  if (it == malformed_.end()) it = malformed_.emplace(std::string(rpc), 0).first;
+  ++it->second;
 }
 
 int64_t Engine::unanswered() const { return impl_->unanswered.load(); }

@@ -23,12 +23,14 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "core/dtype.h"
 #include "core/engine/layer.h"
 #include "core/engine/catalog.h"
@@ -63,6 +65,12 @@ class Engine {
     DType y_dtype = DType::kF32;
     Clock::time_point deadline = Clock::time_point::max();
     std::function<bool()> cancelled;  // optional; polled while queued
+    // The largest answer the caller can deliver (0: no limit): Submit
+    // refuses with RESOURCE_EXHAUSTED, before queueing, a request whose
+    // answer — rows × the resolved layer's N × y_dtype's size, plus
+    // answer_overhead_bytes — would be larger.
+    uint64_t max_answer_bytes = 0;
+    uint64_t answer_overhead_bytes = 0;  // the answer's bytes besides y
   };
 
   struct ForwardResult {
@@ -74,6 +82,8 @@ class Engine {
     int64_t compute_us = 0;
     int64_t batch_rows = 0;      // largest batch this request rode in
     int64_t batch_requests = 0;  // requests in that batch
+    // The stats this request was counted in (for RecordUndelivered).
+    std::shared_ptr<LayerStats> stats;
   };
   using Done = std::function<void(ForwardResult)>;
 
@@ -91,7 +101,8 @@ class Engine {
   // Submit queues a forward pass. On OK, `done` runs exactly once, later, on
   // the dispatcher thread (keep it short: copy out and finish). Otherwise it
   // never runs: NOT_FOUND (unknown layer), INVALID_ARGUMENT (dtype, K or row
-  // count), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining).
+  // count), RESOURCE_EXHAUSTED (queue full, or the answer would exceed
+  // request.max_answer_bytes), UNAVAILABLE (draining).
   absl::Status Submit(ForwardRequest request, Done done);
 
   // DrainCounts: what one Drain did, in requests (for the server's log).
@@ -130,6 +141,13 @@ class Engine {
   // is loaded, else under the one not-loaded entry. Rows count 0 (the shape
   // may be what was wrong).
   void RecordRejected(const std::string& layer, absl::StatusCode code);
+  // RecordUndelivered moves a request `done` was called for from the code it
+  // was counted under (result.status) to `code`, when its answer could not
+  // be sent: stats count what the client received.
+  static void RecordUndelivered(const ForwardResult& result, int64_t rows, absl::StatusCode code);
+  // RecordMalformed counts one request of `rpc` (a method name the server
+  // chooses, never a client's string) whose bytes did not parse.
+  void RecordMalformed(absl::string_view rpc);
 
  private:
   struct Impl;
@@ -145,6 +163,8 @@ class Engine {
   CodeCounter not_loaded_requests_;
   CodeCounter not_loaded_rows_;
   CodeCounter uploads_;
+  mutable absl::Mutex malformed_mu_;
+  std::map<std::string, uint64_t, std::less<>> malformed_ ABSL_GUARDED_BY(malformed_mu_);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -72,7 +72,8 @@ std::shared_ptr<const Layer> Layer::Create(std::string name, const QuantizedMatr
   info.k = q.k;
   info.has_bias = !layer->bias_.empty();
   info.version = version;
-  info.bytes_held = layer->packed_.bytes() + layer->bias_.size() * 4;
+  // The name is held too, and a client chooses its length.
+  info.bytes_held = layer->packed_.bytes() + layer->bias_.size() * 4 + info.name.size();
   layer->reservation_.ShrinkTo(info.bytes_held);
   info.error_report = report;
   info.origin = std::move(origin);

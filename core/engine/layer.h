@@ -87,7 +87,7 @@ class Layer {
     int64_t k = 0;
     bool has_bias = false;
     uint64_t version = 0;
-    uint64_t bytes_held = 0;
+    uint64_t bytes_held = 0;  // packed tensors + bias + the name's bytes
     std::optional<ErrorReport> error_report;  // when quantized here
     LayerOrigin origin;
   };

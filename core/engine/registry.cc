@@ -1,6 +1,7 @@
 #include "core/engine/registry.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/names.h"
 
 namespace qlinear {
 
@@ -27,7 +28,7 @@ absl::StatusOr<LayerRegistry::Entry> LayerRegistry::Get(const std::string& name)
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(name);
   if (it == entries_.end()) {
-    return absl::NotFoundError(absl::StrCat("layer '", name, "' is not loaded"));
+    return absl::NotFoundError(absl::StrCat("layer ", QuoteForMessage(name), " is not loaded"));
   }
   return it->second;
 }
@@ -42,7 +43,7 @@ absl::Status LayerRegistry::Unload(const std::string& name) {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(name);
   if (it == entries_.end()) {
-    return absl::NotFoundError(absl::StrCat("layer '", name, "' is not loaded"));
+    return absl::NotFoundError(absl::StrCat("layer ", QuoteForMessage(name), " is not loaded"));
   }
   old = std::move(it->second);
   entries_.erase(it);

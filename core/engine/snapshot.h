@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,9 @@ struct EngineSnapshot {
   CodeCounts not_loaded_rows{};
   // Upload streams (Quantize, LoadQuantized) by the code they ended with.
   CodeCounts uploads{};
+  // Requests whose bytes did not parse, by RPC ("Forward", "Quantize",
+  // "LoadQuantized"); only the server's own method names are keys.
+  std::map<std::string, uint64_t> malformed_requests;
   // Every layer, sorted by name, or the one asked for.
   std::vector<LayerSnapshot> layers;
 };

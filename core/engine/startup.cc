@@ -4,6 +4,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "core/names.h"
 #include "core/half.h"
 #include "core/status_macros.h"
 
@@ -46,6 +47,12 @@ absl::Status LoadAtStart(Engine* engine, const StartupOptions& options,
       notes->push_back(absl::StrCat("--model '", path, "': '", s.tensor, "' not served: ", s.reason));
     }
     for (const CheckpointLayer& layer : (*checkpoint)->layers()) {
+      // Before any layer is read: a name the catalog would refuse fails the
+      // start naming the file.
+      if (absl::Status valid = ValidateLayerName(layer.name); !valid.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--model '", path, "': ", valid.message()));
+      }
       auto [it, inserted] = source_of.emplace(layer.name, path);
       if (!inserted) {
         return absl::InvalidArgumentError(absl::StrCat("layer '", layer.name, "' is in both --model '",
@@ -85,6 +92,13 @@ absl::Status LoadAtStart(Engine* engine, const StartupOptions& options,
     }
   }
   for (const LayerStore::StoredLayer& s : stored.layers) {
+    // A layer stored by a server older than the name rule: its file stays
+    // on disk, not served (remove the file to drop it for good).
+    if (absl::Status valid = ValidateLayerName(s.layer.name); !valid.ok()) {
+      notes->push_back(absl::StrCat("--state-dir '", options.state_dir, "': skipped '", s.file,
+                                    "': ", valid.message()));
+      continue;
+    }
     auto published = catalog.Publish(s.layer, LayerOrigin{OriginKind::kState, s.file}, false,
                                      s.version);
     if (!published.ok()) {

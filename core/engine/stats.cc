@@ -93,4 +93,12 @@ void LayerStats::RecordRequest(absl::StatusCode code, int64_t rows) {
   rows_.Add(code, static_cast<uint64_t>(std::max<int64_t>(rows, 0)));
 }
 
+void LayerStats::Reclassify(absl::StatusCode from, absl::StatusCode to, int64_t rows) {
+  const uint64_t n = static_cast<uint64_t>(std::max<int64_t>(rows, 0));
+  requests_.Sub(from);
+  rows_.Sub(from, n);
+  requests_.Add(to);
+  rows_.Add(to, n);
+}
+
 }  // namespace qlinear

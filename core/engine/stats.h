@@ -58,6 +58,10 @@ class CodeCounter {
   void Add(absl::StatusCode code, uint64_t n = 1) {
     counts_[Index(code)].fetch_add(n, std::memory_order_relaxed);
   }
+  // Sub takes back what Add counted (a reclassified event).
+  void Sub(absl::StatusCode code, uint64_t n = 1) {
+    counts_[Index(code)].fetch_sub(n, std::memory_order_relaxed);
+  }
   uint64_t Get(absl::StatusCode code) const {
     return counts_[Index(code)].load(std::memory_order_relaxed);
   }
@@ -77,6 +81,9 @@ class LayerStats {
   LayerStats();
 
   void RecordRequest(absl::StatusCode code, int64_t rows);
+  // Reclassify moves one request of `rows` rows counted under `from` to
+  // `to` (an answer that was counted, then failed to leave).
+  void Reclassify(absl::StatusCode from, absl::StatusCode to, int64_t rows);
   void RecordBatch(int64_t rows) {
     batches_.fetch_add(1, std::memory_order_relaxed);
     batch_rows.Record(static_cast<double>(rows));

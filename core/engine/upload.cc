@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
+#include "core/names.h"
 
 namespace qlinear {
 namespace {
@@ -55,7 +56,7 @@ absl::StatusOr<std::unique_ptr<QuantizeUpload>> QuantizeUpload::Start(
     up->Allocate(spec);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot allocate the staging buffers of layer '", spec.name, "' [", spec.n, ", ", spec.k, "]"));
+        "cannot allocate the staging buffers of layer ", QuoteForMessage(spec.name), " [", spec.n, ", ", spec.k, "]"));
   }
   up->engine_ = engine;
   up->spec_ = spec;
@@ -98,6 +99,8 @@ absl::Status QuantizeUpload::AddWeight(absl::Span<const uint8_t> bytes) {
                  q_.scales.data() + static_cast<size_t>(r * groups) * scale_size,
                  q_.biases.empty() ? nullptr
                                    : q_.biases.data() + static_cast<size_t>(r * groups) * scale_size);
+    s = ValidateQuantizedRows(q_, r, 1);
+    if (!s.ok()) return s;
     DequantizeRows(q_, r, 1, DType::kF32, dq_row_.data());
     error_.Add(spec_.dtype, partial_.data(), dq_row_.data(), dq_row_.size());
     partial_.clear();
@@ -213,7 +216,7 @@ absl::Status LoadUpload::Add(Part part, absl::Span<const uint8_t> bytes) {
   try {
     parts_[p].insert(parts_[p].end(), bytes.begin(), bytes.end());
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate the ", kNames[p], " of layer '", spec_.name, "'"));
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate the ", kNames[p], " of layer ", QuoteForMessage(spec_.name)));
   }
   return absl::OkStatus();
 }

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -24,6 +25,9 @@
 #include "core/mlx_file.h"
 #include "core/quantize.h"
 #include "core/safetensors.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "qlinear/v1/qlinear.grpc.pb.h"
 #include "tests/server_process.h"
 
 namespace qlinear {
@@ -403,6 +407,56 @@ TEST_F(CliTest, BenchReportMatchesServerStats) {
   r = Run("bench --target " + target + " --layer nope --concurrency 1 --duration 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+}
+
+// A server that answers with control bytes in a name, an origin and an
+// error message (a real server refuses such names; a hostile one need not).
+class HostileData final : public v1::Data::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
+                                       const v1::ListLayersRequest*,
+                                       v1::ListLayersResponse* response) override {
+    v1::LayerInfo* l = response->add_layers();
+    l->set_name("evil\n\x1b[31mred");
+    l->mutable_origin()->set_kind(v1::UPLOAD);
+    l->mutable_origin()->set_source("/tmp/\x1b]0;title\x07");
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* GetLayer(grpc::CallbackServerContext* context, const v1::GetLayerRequest*,
+                                     v1::LayerInfo*) override {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "no\r\x1b[2J such layer"));
+    return reactor;
+  }
+};
+
+// Issue 14, defect 1: the CLI escapes control bytes in whatever it prints
+// from a server (HEAD: printed raw, so a name could drive the terminal).
+TEST_F(CliTest, ControlBytesFromTheServerArePrintedEscaped) {
+  HostileData service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  auto server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  const std::string target = "127.0.0.1:" + std::to_string(port);
+
+  RunResult r = Run("list --target " + target);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("evil\\n\\x1b[31mred"));
+  EXPECT_THAT(r.out, HasSubstr("/tmp/\\x1b]0;title\\x07"));
+  EXPECT_THAT(r.out, Not(HasSubstr("\x1b")));
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1);  // one layer, one line
+
+  r = Run("forward --layer x --random-rows 1 --target " + target);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: no\\r\\x1b[2J such layer"));
+  EXPECT_THAT(r.err, Not(HasSubstr("\x1b")));
+  EXPECT_THAT(r.err, Not(HasSubstr("\r")));
+  server->Shutdown();
 }
 
 }  // namespace

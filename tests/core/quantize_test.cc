@@ -278,5 +278,38 @@ TEST(ValidateQuantizedValuesTest, RejectsNonFiniteScalesAndNanE8M0) {
   EXPECT_THAT(ValidateQuantizedValues(*mx).message(), HasSubstr("row 1, group 1"));
 }
 
+// Issue 14, defect 2: finite weights whose group range overflows the scale
+// dtype ((3e38 - -3e38) / 15 is inf in float32) are refused with the same
+// message LoadQuantized gives, naming row and group; fp modes' scales are
+// codes that stay finite for any finite input.
+TEST(QuantizeTest, RefusesAScaleThatIsNotFiniteInTheScaleDtype) {
+  std::vector<float> w(8 * 64, 0.01f);
+  w[2 * 64 + 0] = 3e38f;
+  w[2 * 64 + 1] = -3e38f;
+  auto q = Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), 8, 64);
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(q.status().message(), HasSubstr("scales and biases must be finite"));
+  EXPECT_THAT(q.status().message(), HasSubstr("at row 2, group 0"));
+
+  std::vector<uint8_t> bf(8 * 64 * 2);
+  for (size_t i = 0; i < 8 * 64; ++i) StoreFloat(DType::kBF16, bf.data(), i, w[i]);
+  EXPECT_EQ(Quantize({QuantMode::kAffine, 8, 64}, DType::kBF16, bf.data(), 8, 64).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  for (QuantParams p : {QuantParams{QuantMode::kMxfp4, 4, 32}, QuantParams{QuantMode::kMxfp8, 8, 32},
+                        QuantParams{QuantMode::kNvfp4, 4, 16}}) {
+    auto fp = Quantize(p, DType::kF32, w.data(), 8, 64);
+    ASSERT_TRUE(fp.ok()) << p.ToString() << ": " << fp.status();
+    EXPECT_TRUE(ValidateQuantizedValues(*fp).ok()) << p.ToString();
+    for (int64_t g = 0; g < fp->groups(); ++g) {
+      EXPECT_TRUE(std::isfinite(GroupScale(*fp, 2, g))) << p.ToString() << " group " << g;
+    }
+  }
+  // Halving the range keeps it finite: still quantized, as MLX does.
+  w[2 * 64 + 0] = 1e38f;
+  w[2 * 64 + 1] = -1e38f;
+  EXPECT_TRUE(Quantize({QuantMode::kAffine, 4, 64}, DType::kF32, w.data(), 8, 64).ok());
+}
+
 }  // namespace
 }  // namespace qlinear

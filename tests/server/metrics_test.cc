@@ -81,6 +81,16 @@ TEST(MetricsTest, RendersNamesLabelsAndSeconds) {
   EXPECT_THAT(text, Not(HasSubstr("code=\"CANCELLED\"")));
 }
 
+// Issue 14: malformed requests are counted by RPC, not logged.
+TEST(MetricsTest, CountsMalformedRequestsByRpc) {
+  EngineSnapshot s = OneLayer("a");
+  s.malformed_requests["Forward"] = 2;
+  s.malformed_requests["Quantize"] = 1;
+  const std::string text = RenderMetrics(MetricFamilies(s, {}, "1"));
+  EXPECT_THAT(text, HasSubstr("qlinear_malformed_requests_total{rpc=\"Forward\"} 2"));
+  EXPECT_THAT(text, HasSubstr("qlinear_malformed_requests_total{rpc=\"Quantize\"} 1"));
+}
+
 TEST(MetricsTest, EscapesLayerNames) {
   const std::string text = RenderMetrics(MetricFamilies(OneLayer("we\"ird\\na\nme"), {}, "1"));
   EXPECT_THAT(text, HasSubstr("qlinear_layer_bytes{layer=\"we\\\"ird\\\\na\\nme\"} 4096\n"));

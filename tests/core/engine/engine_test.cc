@@ -368,6 +368,62 @@ TEST(EngineTest, ReplaceUnderLoadNeverMixes) {
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
 }
 
+// Issue 14, defect 4: an answer larger than the caller can send is refused
+// before it is queued (the layer's N is the pinned version's), naming both
+// sizes and the setting; it counts as RESOURCE_EXHAUSTED, never OK.
+TEST(EngineTest, AnswerLargerThanTheLimitIsRefusedBeforeQueueing) {
+  auto engine = MakeEngine();
+  MakeLayer(*engine, "wide", 512, 64, 3);
+  const std::vector<float> x = RandomRows(1024, 64, 4);
+  Engine::ForwardRequest req = Request("wide", x.data(), 1024, 64);
+  req.max_answer_bytes = 1 << 20;
+  req.answer_overhead_bytes = 100;
+  absl::Status submit;
+  Engine::ForwardResult r = Call(*engine, req, &submit);
+  EXPECT_EQ(submit.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(submit.message(), HasSubstr("2097252 bytes"));  // 1024 * 512 * 4 + 100
+  EXPECT_THAT(submit.message(), HasSubstr("1048576"));
+  EXPECT_THAT(submit.message(), HasSubstr("--max-message-mb"));
+  EXPECT_EQ(engine->queued_rows(), 0);
+  auto snap = engine->Snapshot("wide");
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->layers[0].requests[static_cast<int>(absl::StatusCode::kResourceExhausted)], 1u);
+  EXPECT_EQ(snap->layers[0].requests[0], 0u);
+
+  // Rows that fit are served; a huge row count cannot overflow the check.
+  req.rows = 100;
+  EXPECT_TRUE(Call(*engine, req).status.ok());
+  req.rows = int64_t{1} << 40;
+  EXPECT_EQ(Call(*engine, req).status.code(), absl::StatusCode::kResourceExhausted);
+}
+
+// Stats count what the client received: an answer that failed to leave is
+// moved from OK to the code the server records for it.
+TEST(EngineTest, RecordUndeliveredMovesTheCount) {
+  auto engine = MakeEngine();
+  MakeLayer(*engine, "l", 8, 64, 5);
+  const std::vector<float> x = RandomRows(3, 64, 6);
+  Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 3, 64));
+  ASSERT_TRUE(r.status.ok());
+  Engine::RecordUndelivered(r, 3, absl::StatusCode::kCancelled);
+  auto snap = engine->Snapshot("l");
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->layers[0].requests[0], 0u);
+  EXPECT_EQ(snap->layers[0].rows[0], 0u);
+  EXPECT_EQ(snap->layers[0].requests[static_cast<int>(absl::StatusCode::kCancelled)], 1u);
+  EXPECT_EQ(snap->layers[0].rows[static_cast<int>(absl::StatusCode::kCancelled)], 3u);
+}
+
+TEST(EngineTest, MalformedRequestsAreCountedByRpc) {
+  auto engine = MakeEngine();
+  engine->RecordMalformed("Forward");
+  engine->RecordMalformed("Forward");
+  engine->RecordMalformed("Quantize");
+  const EngineSnapshot s = engine->Snapshot();
+  EXPECT_EQ(s.malformed_requests.at("Forward"), 2u);
+  EXPECT_EQ(s.malformed_requests.at("Quantize"), 1u);
+}
+
 TEST(HistogramTest, PercentilesFromBuckets) {
   Histogram h(Histogram::PowersOfTwo(1024));
   for (int i = 1; i <= 100; ++i) h.Record(i);
