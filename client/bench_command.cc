@@ -8,10 +8,12 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,14 +21,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/channel_flags.h"
 #include "client/client.h"
 #include "client/command.h"
 #include "core/flags.h"
 #include "core/half.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "grpcpp/support/channel_arguments.h"
 #include "proto/wire.h"
 
 namespace qlinear {
@@ -50,12 +50,18 @@ struct Recorder {
   std::map<std::string, uint64_t> errors;              // measured part
   uint64_t requests_total = 0;                         // every answer, warmup included
   uint64_t measured = 0, measured_ok = 0;
+  // For scripts that inject faults (docker/scale_test.sh): OK answers over
+  // the whole run, and the wall-clock start of the measured part, which
+  // places the per-second windows in time.
+  uint64_t ok_total = 0;
+  std::chrono::system_clock::time_point measure_start_wall;
   double queue_us = 0, compute_us = 0, batch_rows = 0;  // sums over measured OK answers
 
   void Record(Clock::time_point started, Clock::time_point done, const grpc::Status& status,
               const v1::ForwardResponse& response) {
     std::lock_guard<std::mutex> lock(mu);
     ++requests_total;
+    if (status.ok()) ++ok_total;
     if (!measuring || started < measure_start) return;
     const size_t window = static_cast<size_t>(
         std::chrono::duration_cast<std::chrono::seconds>(done - measure_start).count());
@@ -85,13 +91,14 @@ struct Call {
 
 int RunBench(int argc, char** argv) {
   const Command cmd{"bench",
-                    "--layer NAME [--target ADDR] [--rows R] [--dtype f32|f16|bf16] "
+                    "--layer NAME [--target HOST:PORT[,HOST:PORT...]|dns:///HOST:PORT] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] "
+                    "[--token-file FILE] [--rows R] [--dtype f32|f16|bf16] "
                     "(--concurrency C | --rate QPS) [--duration S | --requests N] [--warmup S] "
                     "[--until-stable] [--channels K] [--json]"};
-  auto flags = Flags::Parse(argc, argv, 2,
-                            {"target", "layer", "rows", "dtype", "concurrency", "rate", "duration",
-                             "requests", "warmup", "channels", "timeout-s"},
-                            {"json", "until-stable"});
+  std::set<std::string> valued = {"layer",    "rows",   "dtype",    "concurrency", "rate",
+                                   "duration", "requests", "warmup", "channels",    "timeout-s"};
+  valued.insert(ChannelFlagNames().begin(), ChannelFlagNames().end());
+  auto flags = Flags::Parse(argc, argv, 2, valued, {"json", "until-stable"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   const auto layer = flags->Get("layer");
   if (!layer) return cmd.Usage("--layer is required");
@@ -118,13 +125,18 @@ int RunBench(int argc, char** argv) {
     if (!parsed) return cmd.Usage(absl::StrCat("--dtype must be f32, f16 or bf16; got '", *d, "'"));
     dtype = *parsed;
   }
-  const std::string target = flags->Get("target").value_or("127.0.0.1:50051");
+  auto channel = ChannelOptionsFromFlags(*flags, [](const char* name) { return std::getenv(name); });
+  if (!channel.ok()) return cmd.Usage(channel.status().message());
+  const std::string target = channel->target;
   const bool json = flags->Has("json");
   const bool until_stable = flags->Has("until-stable");
   if (channels == 0) channels = std::clamp<int64_t>(concurrency / 16, 1, 8);
 
-  auto client = Client::Connect(target);
-  auto info = client->GetLayer(*layer);
+  Client::Options client_options;
+  client_options.timeout = std::chrono::seconds(timeout_s);
+  auto client = Client::Connect(*channel, client_options);
+  if (!client.ok()) return cmd.Usage(client.status().message());
+  auto info = (*client)->GetLayer(*layer);
   if (!info.ok()) return cmd.FailRpc(info.status());
   const int64_t k = info->in_features();
 
@@ -143,11 +155,12 @@ int RunBench(int argc, char** argv) {
   }
   std::vector<std::unique_ptr<v1::Data::Stub>> stubs;
   for (int64_t c = 0; c < channels; ++c) {
-    grpc::ChannelArguments args;
-    args.SetInt("qlinear.bench.channel", static_cast<int>(c));  // distinct connections
-    args.SetMaxReceiveMessageSize(256 << 20);
-    args.SetMaxSendMessageSize(256 << 20);
-    stubs.push_back(v1::Data::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    ChannelOptions o = *channel;
+    o.connection_id = static_cast<int>(c);  // distinct connections
+    o.max_message_mb = 256;
+    auto made = MakeChannel(o);
+    if (!made.ok()) return cmd.Usage(made.status().message());
+    stubs.push_back(v1::Data::NewStub(*std::move(made)));
   }
 
   Recorder rec;
@@ -168,6 +181,7 @@ int RunBench(int argc, char** argv) {
     auto call = std::make_shared<Call>();
     call->started = started;
     call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+    SetCallMetadata(*channel, &call->context);
     {
       std::lock_guard<std::mutex> lock(mu);
       ++in_flight;
@@ -194,6 +208,7 @@ int RunBench(int argc, char** argv) {
     std::lock_guard<std::mutex> lock(rec.mu);
     rec.measuring = true;
     rec.measure_start = Clock::now();
+    rec.measure_start_wall = std::chrono::system_clock::now();
   };
   if (warmup == 0) start_measuring();
 
@@ -302,13 +317,24 @@ int RunBench(int argc, char** argv) {
              return is_stable(r);
            }());
   if (json) {
+    // Appended inside the object: sent, ok_total, ok_per_s (OK answers per
+    // 1-second window of the measured part), measure_start_unix_ms.
+    std::vector<std::string> per_s;
+    for (const auto& w : rec.window_latency_ms) per_s.push_back(std::to_string(w.size()));
+    const std::string fault_fields = absl::StrFormat(
+        ", \"sent\": %llu, \"ok_total\": %llu, \"ok_per_s\": [%s], \"measure_start_unix_ms\": %lld",
+        static_cast<unsigned long long>(issued.load()),
+        static_cast<unsigned long long>(rec.ok_total), absl::StrJoin(per_s, ", "),
+        static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   rec.measure_start_wall.time_since_epoch())
+                                   .count()));
     std::printf(
         "{\"target\": \"%s\", \"layer\": \"%s\", \"rows_per_request\": %lld, \"dtype\": \"%s\", "
         "\"mode\": \"%s\", \"concurrency\": %lld, \"rate\": %lld, \"requests\": %llu, "
         "\"rows\": %llu, \"seconds\": %.3f, \"requests_per_s\": %.2f, \"rows_per_s\": %.2f, "
         "\"requests_total\": %llu, \"latency_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f, "
         "\"p999\": %.4f, \"max\": %.4f}, \"errors\": {%s}, \"server\": {\"queue_us_mean\": %.2f, "
-        "\"compute_us_mean\": %.2f, \"batch_rows_mean\": %.3f}, \"stable\": %s}\n",
+        "\"compute_us_mean\": %.2f, \"batch_rows_mean\": %.3f}, \"stable\": %s%s}\n",
         target.c_str(), layer->c_str(), static_cast<long long>(rows),
         std::string(ShortDTypeName(dtype)).c_str(), concurrency > 0 ? "closed" : "open",
         static_cast<long long>(concurrency), static_cast<long long>(rate),
@@ -317,7 +343,7 @@ int RunBench(int argc, char** argv) {
         rps * static_cast<double>(rows), static_cast<unsigned long long>(rec.requests_total),
         Percentile(all, 50), Percentile(all, 90), Percentile(all, 99), Percentile(all, 99.9),
         Percentile(all, 100), absl::StrJoin(errs, ", ").c_str(), rec.queue_us / ok,
-        rec.compute_us / ok, rec.batch_rows / ok, stable ? "true" : "false");
+        rec.compute_us / ok, rec.batch_rows / ok, stable ? "true" : "false", fault_fields.c_str());
   } else {
     std::printf("%s %s: %s, %lld row(s) of %s per request, %.1f s measured after %llds warmup\n",
                 target.c_str(), layer->c_str(),

@@ -3,9 +3,6 @@
 #include <algorithm>
 
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "grpcpp/support/channel_arguments.h"
 
 namespace qlinear {
 namespace {
@@ -39,21 +36,31 @@ void StreamParts(grpc::ClientWriter<Chunk>* writer, size_t chunk_bytes,
 
 }  // namespace
 
-std::unique_ptr<Client> Client::Connect(const std::string& target, const Options& options) {
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ChannelOptions& channel,
+                                                        const Options& options) {
+  auto made = MakeChannel(channel);
+  if (!made.ok()) return made.status();
   std::unique_ptr<Client> c(new Client());
   c->options_ = options;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.max_message_mb << 20);
-  args.SetMaxSendMessageSize(options.max_message_mb << 20);
-  c->channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  c->channel_options_ = channel;
+  c->channel_ = *std::move(made);
   c->admin_ = v1::Admin::NewStub(c->channel_);
   c->data_ = v1::Data::NewStub(c->channel_);
   c->health_ = grpc::health::v1::Health::NewStub(c->channel_);
   return c;
 }
 
-void Client::SetDeadline(grpc::ClientContext* context) const {
+std::unique_ptr<Client> Client::Connect(const std::string& target, const Options& options) {
+  ChannelOptions channel;
+  channel.target = target;
+  auto c = Connect(channel, options);
+  // Plaintext without a token reads no file: only an empty target fails.
+  return c.ok() ? *std::move(c) : nullptr;
+}
+
+void Client::Prepare(grpc::ClientContext* context) const {
   context->set_deadline(std::chrono::system_clock::now() + options_.timeout);
+  SetCallMetadata(channel_options_, context);
 }
 
 absl::StatusOr<v1::LayerInfo> Client::Quantize(const v1::QuantizeHeader& header,
@@ -61,7 +68,7 @@ absl::StatusOr<v1::LayerInfo> Client::Quantize(const v1::QuantizeHeader& header,
                                                absl::Span<const uint8_t> bias,
                                                const Progress& progress) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::UploadResponse response;
   auto writer = admin_->Quantize(&context, &response);
   v1::QuantizeChunk first;
@@ -86,7 +93,7 @@ absl::StatusOr<v1::LayerInfo> Client::LoadQuantized(const v1::LoadQuantizedHeade
                                                     absl::Span<const uint8_t> bias,
                                                     const Progress& progress) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::UploadResponse response;
   auto writer = admin_->LoadQuantized(&context, &response);
   v1::LoadQuantizedChunk first;
@@ -108,7 +115,7 @@ absl::StatusOr<v1::LayerInfo> Client::LoadQuantized(const v1::LoadQuantizedHeade
 
 absl::Status Client::Unload(const std::string& name) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::UnloadLayerRequest request;
   request.set_name(name);
   v1::UnloadLayerResponse response;
@@ -117,7 +124,7 @@ absl::Status Client::Unload(const std::string& name) {
 
 absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& request) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::ForwardResponse response;
   absl::Status status = FromGrpc(data_->Forward(&context, request, &response));
   if (!status.ok()) return status;
@@ -126,7 +133,7 @@ absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& re
 
 absl::StatusOr<v1::LayerInfo> Client::GetLayer(const std::string& name) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::GetLayerRequest request;
   request.set_name(name);
   v1::LayerInfo response;
@@ -137,7 +144,7 @@ absl::StatusOr<v1::LayerInfo> Client::GetLayer(const std::string& name) {
 
 absl::StatusOr<v1::ListLayersResponse> Client::ListLayers() {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::ListLayersResponse response;
   absl::Status status = FromGrpc(data_->ListLayers(&context, v1::ListLayersRequest(), &response));
   if (!status.ok()) return status;
@@ -146,7 +153,7 @@ absl::StatusOr<v1::ListLayersResponse> Client::ListLayers() {
 
 absl::StatusOr<v1::StatsResponse> Client::Stats(const std::string& layer) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   v1::StatsRequest request;
   request.set_layer(layer);
   v1::StatsResponse response;
@@ -158,7 +165,7 @@ absl::StatusOr<v1::StatsResponse> Client::Stats(const std::string& layer) {
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Client::Health(
     const std::string& service) {
   grpc::ClientContext context;
-  SetDeadline(&context);
+  Prepare(&context);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;

@@ -1,6 +1,7 @@
 // qlinear::Client: a C++ client for qlinear-server.
 //
 // Every call carries a deadline (Options::timeout from the call's start) and
+// the channel's token (client/channel.h: the one channel factory), and
 // returns absl::Status / absl::StatusOr with the server's code and message.
 // Uploads stream in chunks of Options::chunk_bytes, so no layer is limited
 // by gRPC's message size.
@@ -16,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "client/channel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "qlinear/v1/qlinear.grpc.pb.h"
@@ -26,12 +28,17 @@ class Client {
  public:
   struct Options {
     std::chrono::milliseconds timeout{60000};
-    int max_message_mb = 64;
     size_t chunk_bytes = 1 << 20;
   };
   // Progress gets (bytes sent, bytes total) after each chunk.
   using Progress = std::function<void(size_t, size_t)>;
 
+  // Connect makes the channel with MakeChannel: its INVALID_ARGUMENT for
+  // bad options (client/channel.h). gRPC connects lazily, at the first call.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ChannelOptions& channel,
+                                                         const Options& options);
+  // Connect(target) is the plaintext, token-less shorthand; it reads no
+  // file, so it fails (nullptr) only for an empty target.
   static std::unique_ptr<Client> Connect(const std::string& target, const Options& options);
   static std::unique_ptr<Client> Connect(const std::string& target) {
     return Connect(target, Options());
@@ -57,9 +64,11 @@ class Client {
       const std::string& service = "");
 
  private:
-  void SetDeadline(grpc::ClientContext* context) const;
+  // Prepare sets the deadline and the token of one call.
+  void Prepare(grpc::ClientContext* context) const;
 
   Options options_;
+  ChannelOptions channel_options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Admin::Stub> admin_;
   std::unique_ptr<v1::Data::Stub> data_;

@@ -3,18 +3,23 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <random>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/channel_flags.h"
 #include "client/client.h"
 #include "client/command.h"
 #include "client/npy.h"
+#include "client/printable.h"
 #include "core/checkpoint.h"
 #include "core/flags.h"
 #include "core/half.h"
@@ -26,17 +31,18 @@
 namespace qlinear {
 namespace {
 
-constexpr char kDefaultTarget[] = "127.0.0.1:50051";
 
 
-// Common flags: --target and --timeout-s.
+// Common flags: the connection's (client/channel_flags.h) and --timeout-s.
 std::set<std::string> With(std::set<std::string> s) {
-  s.insert("target");
+  s.insert(ChannelFlagNames().begin(), ChannelFlagNames().end());
   s.insert("timeout-s");
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Connect(const Flags& flags) {
+// Connect makes one Client for --target (a list or dns:/// balances:
+// client/channel.h); `replica`, when given, replaces the target.
+absl::StatusOr<std::unique_ptr<Client>> Connect(const Flags& flags, const std::string* replica = nullptr) {
   Client::Options options;
   auto timeout = flags.GetInt("timeout-s");
   if (!timeout.ok()) return timeout.status();
@@ -46,19 +52,66 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Flags& flags) {
     }
     options.timeout = std::chrono::seconds(**timeout);
   }
-  return Client::Connect(flags.Get("target").value_or(kDefaultTarget), options);
+  auto channel = ChannelOptionsFromFlags(flags, [](const char* name) { return std::getenv(name); });
+  if (!channel.ok()) return channel.status();
+  if (replica != nullptr) channel->target = *replica;
+  return Client::Connect(*channel, options);
+}
+
+// Replicas are --target's replicas (client/channel.h's ParseTarget). Admin
+// commands (upload, unload) act on each in turn; Data commands balance.
+absl::StatusOr<std::vector<std::string>> Replicas(const Flags& flags) {
+  auto parsed = ParseTarget(flags.Get("target").value_or(ChannelOptions().target));
+  if (!parsed.ok()) return parsed.status();
+  return parsed->replicas;
+}
+
+// EachReplica runs `act` on a Client of each replica of --target in turn,
+// all of them even after one fails, and returns the exit status: 0 when
+// all succeeded; else 1, after a line naming those that failed (with
+// `act`'s error) and those that succeeded, which keep what they got.
+// With one replica it is `act` on it, with no extra line.
+int EachReplica(const Command& cmd, const Flags& flags,
+                const std::function<absl::Status(Client&)>& act) {
+  auto replicas = Replicas(flags);
+  if (!replicas.ok()) return cmd.Usage(replicas.status().message());
+  std::vector<std::string> done, failed;
+  for (size_t r = 0; r < replicas->size(); ++r) {
+    const std::string& replica = (*replicas)[r];
+    auto client = Connect(flags, replicas->size() > 1 ? &replica : nullptr);
+    if (!client.ok()) return cmd.Usage(client.status().message());
+    if (replicas->size() > 1) {
+      std::printf("replica %s (%zu of %zu):\n", replica.c_str(), r + 1, replicas->size());
+      std::fflush(stdout);
+    }
+    absl::Status s = act(**client);
+    if (s.ok()) {
+      done.push_back(replica);
+    } else {
+      failed.push_back(absl::StrCat(replica, " (", absl::StatusCodeToString(s.code()), ": ",
+                                    Printable(s.message()), ")"));
+    }
+  }
+  if (failed.empty()) return 0;
+  if (replicas->size() > 1) {
+    std::fprintf(stderr, "qlinear %s: failed on %zu of %zu replicas: %s; succeeded on: %s "
+                 "(not undone there)\n", cmd.name, failed.size(), replicas->size(),
+                 absl::StrJoin(failed, ", ").c_str(),
+                 done.empty() ? "none" : absl::StrJoin(done, ", ").c_str());
+  }
+  return 1;
 }
 
 // OriginText is ", from upload" or ", from model PATH" (empty when unknown).
 std::string OriginText(const v1::LayerOrigin& origin) {
   if (origin.kind() == v1::ORIGIN_UNSPECIFIED) return "";
   return absl::StrCat(", from ", absl::AsciiStrToLower(v1::OriginKind_Name(origin.kind())),
-                      origin.source().empty() ? "" : " ", origin.source());
+                      origin.source().empty() ? "" : " ", Printable(origin.source()));
 }
 
 std::string Describe(const v1::LayerInfo& l) {
   std::string s = absl::StrFormat("%s: [%d, %d] %s b%d g%d, version %d, %d bytes held%s",
-                                  l.name(), l.out_features(), l.in_features(),
+                                  Printable(l.name()), l.out_features(), l.in_features(),
                                   absl::AsciiStrToLower(v1::Mode_Name(l.spec().mode())),
                                   l.spec().bits(), l.spec().group_size(), l.version(),
                                   l.bytes_held(), l.has_bias() ? ", bias" : "");
@@ -75,7 +128,7 @@ std::string Describe(const v1::LayerInfo& l) {
 }  // namespace
 
 int RunUpload(int argc, char** argv) {
-  const Command cmd{"upload", "--in FILE.safetensors|FOLDER [--target ADDR] [--bits B] "
+  const Command cmd{"upload", "--in FILE.safetensors|FOLDER [--target HOST:PORT[,HOST:PORT...]] [--bits B] "
                               "[--group-size G] [--mode M] [--replace] [--timeout-s S]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"in", "bits", "group-size", "mode"}), {"replace"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
@@ -85,8 +138,8 @@ int RunUpload(int argc, char** argv) {
   if (!overrides.ok()) return cmd.Usage(overrides.status().message());
   auto params = MakeQuantParams(*overrides);
   if (!params.ok()) return cmd.Usage(params.status().message());
-  auto client = Connect(*flags);
-  if (!client.ok()) return cmd.Usage(client.status().message());
+  // Checked before the checkpoint is read; each replica connects in turn.
+  if (auto client = Connect(*flags); !client.ok()) return cmd.Usage(client.status().message());
   CheckpointOptions options;
   options.overrides = *overrides;
   options.float_params = *params;
@@ -123,55 +176,58 @@ int RunUpload(int argc, char** argv) {
       if (sent == total) std::fprintf(stderr, "\r\033[K");
     };
   };
-  std::vector<std::string> published;
-  for (size_t i = 0; i < c.layers().size(); ++i) {
-    const CheckpointLayer& layer = c.layers()[i];
-    absl::StatusOr<v1::LayerInfo> info;
-    if (layer.quantized) {
-      v1::LoadQuantizedHeader h;
-      h.set_name(layer.name);
-      h.set_out_features(layer.n);
-      h.set_in_features(layer.k);
-      *h.mutable_spec() = ToProto(layer.params);
-      h.set_scales_dtype(ToProto(layer.scales->dtype));
-      h.set_has_bias(layer.bias != nullptr);
-      if (layer.bias != nullptr) h.set_bias_dtype(ToProto(layer.bias->dtype));
-      h.set_replace(flags->Has("replace"));
-      info = (*client)->LoadQuantized(
-          h, c.Data(*layer.weight), c.Data(*layer.scales),
-          layer.biases != nullptr ? c.Data(*layer.biases) : absl::Span<const uint8_t>(),
-          layer.bias != nullptr ? c.Data(*layer.bias) : absl::Span<const uint8_t>(),
-          progress(layer.name));
-    } else {
-      v1::QuantizeHeader h;
-      h.set_name(layer.name);
-      h.set_out_features(layer.n);
-      h.set_in_features(layer.k);
-      h.set_dtype(ToProto(layer.weight->dtype));
-      *h.mutable_spec() = ToProto(layer.params);
-      h.set_has_bias(layer.bias != nullptr);
-      h.set_replace(flags->Has("replace"));
-      info = (*client)->Quantize(
-          h, c.Data(*layer.weight),
-          layer.bias != nullptr ? c.Data(*layer.bias) : absl::Span<const uint8_t>(),
-          progress(layer.name));
+  // Several replicas: the whole checkpoint to each, one after another.
+  return EachReplica(cmd, *flags, [&](Client& client) -> absl::Status {
+    std::vector<std::string> published;
+    for (size_t i = 0; i < c.layers().size(); ++i) {
+      const CheckpointLayer& layer = c.layers()[i];
+      absl::StatusOr<v1::LayerInfo> info;
+      if (layer.quantized) {
+        v1::LoadQuantizedHeader h;
+        h.set_name(layer.name);
+        h.set_out_features(layer.n);
+        h.set_in_features(layer.k);
+        *h.mutable_spec() = ToProto(layer.params);
+        h.set_scales_dtype(ToProto(layer.scales->dtype));
+        h.set_has_bias(layer.bias != nullptr);
+        if (layer.bias != nullptr) h.set_bias_dtype(ToProto(layer.bias->dtype));
+        h.set_replace(flags->Has("replace"));
+        info = client.LoadQuantized(
+            h, c.Data(*layer.weight), c.Data(*layer.scales),
+            layer.biases != nullptr ? c.Data(*layer.biases) : absl::Span<const uint8_t>(),
+            layer.bias != nullptr ? c.Data(*layer.bias) : absl::Span<const uint8_t>(),
+            progress(layer.name));
+      } else {
+        v1::QuantizeHeader h;
+        h.set_name(layer.name);
+        h.set_out_features(layer.n);
+        h.set_in_features(layer.k);
+        h.set_dtype(ToProto(layer.weight->dtype));
+        *h.mutable_spec() = ToProto(layer.params);
+        h.set_has_bias(layer.bias != nullptr);
+        h.set_replace(flags->Has("replace"));
+        info = client.Quantize(
+            h, c.Data(*layer.weight),
+            layer.bias != nullptr ? c.Data(*layer.bias) : absl::Span<const uint8_t>(),
+            progress(layer.name));
+      }
+      if (!info.ok()) {
+        std::vector<std::string> rest;
+        for (size_t j = i; j < c.layers().size(); ++j) rest.push_back(c.layers()[j].name);
+        std::fprintf(stderr, "qlinear upload: %s: %s: %s\n",
+                     absl::StatusCodeToString(info.status().code()).c_str(), layer.name.c_str(),
+                     Printable(info.status().message()).c_str());
+        std::fprintf(stderr, "qlinear upload: stopped after %zu of %zu layers; published: %s\n",
+                     published.size(), c.layers().size(),
+                     published.empty() ? "none" : absl::StrJoin(published, ", ").c_str());
+        std::fprintf(stderr, "qlinear upload: not published: %s\n", absl::StrJoin(rest, ", ").c_str());
+        return info.status();
+      }
+      std::printf("%s\n", Describe(*info).c_str());
+      published.push_back(layer.name);
     }
-    if (!info.ok()) {
-      std::vector<std::string> rest;
-      for (size_t j = i; j < c.layers().size(); ++j) rest.push_back(c.layers()[j].name);
-      std::fprintf(stderr, "qlinear upload: %s: %s: %s\n",
-                   absl::StatusCodeToString(info.status().code()).c_str(), layer.name.c_str(),
-                   std::string(info.status().message()).c_str());
-      std::fprintf(stderr, "qlinear upload: stopped after %zu of %zu layers; published: %s\n",
-                   published.size(), c.layers().size(),
-                   published.empty() ? "none" : absl::StrJoin(published, ", ").c_str());
-      std::fprintf(stderr, "qlinear upload: not published: %s\n", absl::StrJoin(rest, ", ").c_str());
-      return 1;
-    }
-    std::printf("%s\n", Describe(*info).c_str());
-    published.push_back(layer.name);
-  }
-  return 0;
+    return absl::OkStatus();
+  });
 }
 
 int RunForward(int argc, char** argv) {
@@ -295,15 +351,17 @@ int RunStats(int argc, char** argv) {
   const v1::ServerStats& s = stats->server();
   std::printf("server: up %.1f s, %d layers, %llu bytes held, %lld rows queued, %d threads, %s\n",
               s.uptime_s(), s.layers(), static_cast<unsigned long long>(s.bytes_held()),
-              static_cast<long long>(s.queue_rows()), s.threads(), s.build_info().c_str());
+              static_cast<long long>(s.queue_rows()), s.threads(), Printable(s.build_info()).c_str());
   for (const v1::LayerStats& l : stats->layers()) {
     std::vector<std::string> codes;
     for (const auto& [code, n] : l.requests_by_code()) {
-      codes.push_back(absl::StrCat(code, " ", n, " (", l.rows_by_code().at(code), " rows)"));
+      const auto rows = l.rows_by_code().find(code);
+      codes.push_back(absl::StrCat(Printable(code), " ", n, " (",
+                                   rows == l.rows_by_code().end() ? 0 : rows->second, " rows)"));
     }
     std::sort(codes.begin(), codes.end());
     std::printf("%s (version %llu, %llu bytes%s): requests %s; %llu batches, mean %.1f rows\n",
-                l.name().c_str(), static_cast<unsigned long long>(l.version()),
+                Printable(l.name()).c_str(), static_cast<unsigned long long>(l.version()),
                 static_cast<unsigned long long>(l.bytes_held()), OriginText(l.origin()).c_str(),
                 codes.empty() ? "none" : absl::StrJoin(codes, ", ").c_str(),
                 static_cast<unsigned long long>(l.batches()), l.batch_rows().mean());
@@ -331,17 +389,21 @@ int RunList(int argc, char** argv) {
 }
 
 int RunUnload(int argc, char** argv) {
-  const Command cmd{"unload", "--layer NAME [--target ADDR]"};
+  const Command cmd{"unload", "--layer NAME [--target HOST:PORT[,HOST:PORT...]]"};
   auto flags = Flags::Parse(argc, argv, 2, With({"layer"}), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   const auto layer = flags->Get("layer");
   if (!layer) return cmd.Usage("--layer is required");
-  auto client = Connect(*flags);
-  if (!client.ok()) return cmd.Usage(client.status().message());
-  absl::Status s = (*client)->Unload(*layer);
-  if (!s.ok()) return cmd.FailRpc(s);
-  std::printf("unloaded %s\n", layer->c_str());
-  return 0;
+  if (auto client = Connect(*flags); !client.ok()) return cmd.Usage(client.status().message());
+  return EachReplica(cmd, *flags, [&](Client& client) {
+    absl::Status s = client.Unload(*layer);
+    if (!s.ok()) {
+      cmd.FailRpc(s);
+      return s;
+    }
+    std::printf("unloaded %s\n", layer->c_str());
+    return absl::OkStatus();
+  });
 }
 
 int RunHealth(int argc, char** argv) {
@@ -354,7 +416,7 @@ int RunHealth(int argc, char** argv) {
   if (!status.ok()) {
     std::fprintf(stderr, "qlinear health: unreachable: %s: %s\n",
                  absl::StatusCodeToString(status.status().code()).c_str(),
-                 std::string(status.status().message()).c_str());
+                 Printable(status.status().message()).c_str());
     return 1;
   }
   const std::string name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status);

@@ -23,6 +23,7 @@
 #include "server/log.h"
 #include "server/server.h"
 #include "server/settings.h"
+#include "server/tls.h"
 
 namespace qlinear {
 namespace {
@@ -63,6 +64,19 @@ int Main(int argc, char** argv) {
   options.serving_on_start = false;  // SERVING once the layers are loaded
   options.listen = settings->String("listen");
   options.metrics_listen = settings->String("metrics-listen");
+  options.admin_listen = settings->String("admin-listen");
+  options.tls.cert_file = settings->String("tls-cert");
+  options.tls.key_file = settings->String("tls-key");
+  options.tls.client_ca_file = settings->String("tls-client-ca");
+  options.tls.reload_s = static_cast<int>(settings->Int("tls-reload-s"));
+  options.auth.data_token_file = settings->String("data-token-file");
+  options.auth.admin_token_file = settings->String("admin-token-file");
+  // A flag without its partner is bad usage (exit 2); a file that cannot be
+  // read or used is a failed start (exit 1, from Start).
+  if (options.tls.cert_file.empty() != options.tls.key_file.empty() ||
+      (!options.tls.client_ca_file.empty() && options.tls.cert_file.empty())) {
+    return Usage(CheckTlsFiles(options.tls).message());
+  }
   options.engine.threads = static_cast<int>(settings->Int("threads"));
   options.engine.max_batch_rows = settings->Int("max-batch-rows");
   options.engine.max_batch_delay_us = settings->Int("max-batch-delay-us");
@@ -89,11 +103,13 @@ int Main(int argc, char** argv) {
   }
 
   // Signals are taken synchronously by the main thread (sigwait), so every
-  // other thread must start with them blocked.
+  // other thread must start with them blocked. SIGHUP re-reads the token
+  // files (one that arrives while the layers load waits until then).
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto server = QlinearServer::Start(options);
@@ -133,16 +149,31 @@ int Main(int argc, char** argv) {
     names.push_back(
         absl::StrCat(EscapeLogText(i.name), " [", i.n, "x", i.k, " ", i.params.ToString(), "]"));
   }
+  // Who may call what, on which listener, over what: the end of the line.
+  const QlinearServer& srv = **server;
+  const bool tokens_in_clear = !options.tls.enabled() &&
+                               (!options.auth.data_token_file.empty() ||
+                                !options.auth.admin_token_file.empty());
+  std::string security = absl::StrCat(DescribeTls(options.tls), ", ", srv.authorizer().Describe());
+  if (!options.admin_listen.empty()) {
+    absl::StrAppend(&security, ", admin plane only on ", srv.admin_address());
+  }
+  if (tokens_in_clear) absl::StrAppend(&security, ", WARNING: tokens cross the network in clear");
   std::printf(
       "qlinear-server listening on %s (metrics %s): %d threads, layers %s, max_batch_rows %lld, "
-      "max_batch_delay_us %lld, max_queue_rows %lld, max_memory_mb %lld, %s\n",
+      "max_batch_delay_us %lld, max_queue_rows %lld, max_memory_mb %lld, %s; %s\n",
       (*server)->address().c_str(),
       (*server)->metrics_port() != 0 ? (*server)->metrics_address().c_str() : "off", engine.threads(), (names.empty() ? std::string("(none)") : absl::StrJoin(names, ", ")).c_str(),
       static_cast<long long>(options.engine.max_batch_rows),
       static_cast<long long>(options.engine.max_batch_delay_us),
       static_cast<long long>(options.engine.max_queue_rows),
-      static_cast<long long>(settings->Int("max-memory-mb")), BuildInfo().c_str());
+      static_cast<long long>(settings->Int("max-memory-mb")), BuildInfo().c_str(),
+      security.c_str());
   std::fflush(stdout);
+  if (tokens_in_clear) {
+    Log(LogLevel::kWarning, "tokens_in_clear",
+        {{"reason", "token files are set without --tls-cert: tokens cross the network in clear"}});
+  }
   // The same facts as the stdout line (which scripts wait for, in either
   // format), as an event of the log.
   Log(LogLevel::kInfo, "listening",
@@ -151,10 +182,37 @@ int Main(int argc, char** argv) {
        {"layers", entries.size()},
        {"simd_target", SimdTargetName(DefaultSimdTarget())},
        {"threads", engine.threads()},
-       {"build", BuildInfo()}});
+       {"build", BuildInfo()},
+       {"admin", srv.admin_address()},
+       {"security", security}});
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    Log(LogLevel::kInfo, "sighup", {{"action", "re-reading the token files"}});
+    (void)(*server)->ReloadTokens();  // logs its outcome; a failed file keeps its tokens
+  }
+  // --drain-delay-ms: not ready (503 on /readyz, NOT_SERVING on gRPC
+  // health) but still serving, so that load balancers and endpoint
+  // controllers stop choosing this replica before the drain stops
+  // accepting. A second SIGINT/SIGTERM ends the delay at once.
+  if (const int64_t delay_ms = settings->Int("drain-delay-ms"); delay_ms > 0) {
+    (*server)->StopAdvertising();
+    Log(LogLevel::kInfo, "drain_delay",
+        {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}, {"ms", delay_ms}});
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay_ms);
+    for (auto now = std::chrono::steady_clock::now(); now < until;
+         now = std::chrono::steady_clock::now()) {
+      const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(until - now).count();
+      const timespec wait{static_cast<time_t>(left / 1000000000), static_cast<long>(left % 1000000000)};
+      const int got = sigtimedwait(&signals, nullptr, &wait);
+      if (got == SIGHUP) {
+        (void)(*server)->ReloadTokens();
+      } else if (got == SIGINT || got == SIGTERM) {
+        sig = got;
+        break;
+      }
+    }
+  }
   const auto drain_start = std::chrono::steady_clock::now();
   Log(LogLevel::kInfo, "drain_started",
       {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"},

@@ -8,12 +8,17 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/names.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "core/kernels/qmm.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "server/log.h"
+#include "server/kserve_service.h"
 #include "server/ops_http.h"
 #include "server/service.h"
 
@@ -57,6 +62,35 @@ std::string WhyNoBind(const std::string& listen) {
   return why;
 }
 
+// AdminElsewhere answers the main listener's calls of methods it does not
+// serve when Admin has its own listener: UNIMPLEMENTED saying where Admin
+// is, instead of gRPC's empty message.
+class AdminElsewhere final : public grpc::CallbackGenericService {
+ public:
+  explicit AdminElsewhere(std::string admin_listen) : admin_listen_(std::move(admin_listen)) {}
+
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    class Reactor final : public grpc::ServerGenericBidiReactor {
+     public:
+      explicit Reactor(const grpc::Status& status) { Finish(status); }
+      void OnDone() override { delete this; }
+    };
+    const std::string prefix = absl::StrCat("/", v1::Admin::service_full_name(), "/");
+    if (absl::StartsWith(ctx->method(), prefix)) {
+      return new Reactor(grpc::Status(
+          grpc::StatusCode::UNIMPLEMENTED,
+          absl::StrCat("this listener serves no Admin method: the Admin plane is on its own "
+                       "listener (--admin-listen ", admin_listen_, ")")));
+    }
+    return new Reactor(grpc::Status(
+        grpc::StatusCode::UNIMPLEMENTED,
+        absl::StrCat("unknown method ", QuoteForMessage(ctx->method()))));
+  }
+
+ private:
+  std::string admin_listen_;
+};
+
 }  // namespace
 
 std::string BuildInfo() {
@@ -77,21 +111,55 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   // Every publish, replace and unload is logged from the one place that
   // makes them.
   s->engine_->catalog().SetListener(LogCatalogEvent);
-  s->admin_ = std::make_unique<AdminService>(s->engine_.get());
-  s->data_ = std::make_unique<DataService>(s->engine_.get(), BuildInfo());
+  // Both checked before anything listens: gRPC itself would only log a bad
+  // certificate, then fail every handshake.
+  auto credentials = ServerCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  auto auth = Authorizer::Create(options.auth);
+  if (!auth.ok()) return auth.status();
+  s->auth_ = *std::move(auth);
+  s->admin_ = std::make_unique<AdminService>(s->engine_.get(), s->auth_.get());
+  s->data_ = std::make_unique<DataService>(s->engine_.get(), BuildInfo(), s->auth_.get(),
+                                         uint64_t{static_cast<uint32_t>(options.max_message_mb)} << 20);
+  s->kserve_ = std::make_unique<KServeService>(
+      s->engine_.get(), s->auth_.get(),
+      KServeService::Options{"qlinear", kQlinearVersion,
+                             [server = s.get()] { return server->NotReadyReason().empty(); },
+                             static_cast<uint64_t>(options.max_message_mb) << 20});
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_mb << 20);
   builder.SetMaxSendMessageSize(options.max_message_mb << 20);
-  builder.RegisterService(s->admin_.get());
+  // One grpc::Server serves every registered service on all its ports: a
+  // separate Admin listener is a second server.
+  if (options.admin_listen.empty()) {
+    builder.RegisterService(s->admin_.get());
+  } else {
+    s->admin_elsewhere_ = std::make_unique<AdminElsewhere>(options.admin_listen);
+    builder.RegisterCallbackGenericService(s->admin_elsewhere_.get());
+  }
   builder.RegisterService(s->data_.get());
+  builder.RegisterService(s->kserve_.get());  // KServe v2, on the same port
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", options.listen, "': ", WhyNoBind(options.listen)));
+  }
+  if (!options.admin_listen.empty()) {
+    grpc::ServerBuilder admin;
+    admin.AddListeningPort(options.admin_listen, *credentials, &s->admin_port_);
+    admin.SetMaxReceiveMessageSize(options.max_message_mb << 20);
+    admin.SetMaxSendMessageSize(options.max_message_mb << 20);
+    admin.RegisterService(s->admin_.get());
+    s->admin_server_ = admin.BuildAndStart();
+    if (s->admin_server_ == nullptr || s->admin_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on --admin-listen '",
+                                                 options.admin_listen,
+                                                 "': ", WhyNoBind(options.admin_listen)));
+    }
   }
   s->serving_ = options.serving_on_start;
   s->SetHealth(options.serving_on_start);
@@ -108,10 +176,39 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
 }
 
 void QlinearServer::SetHealth(bool serving) {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  for (const char* service : {"", v1::Data::service_full_name(), v1::Admin::service_full_name()}) {
-    health->SetServingStatus(service, serving);
+  // Each listener's health names the services it serves ("" = the server):
+  // with an Admin listener, "qlinear.v1.Admin" is NOT_FOUND on the main one.
+  const bool split = admin_server_ != nullptr;
+  for (grpc::Server* server : {server_.get(), admin_server_.get()}) {
+    if (server == nullptr) continue;
+    const bool main = server == server_.get();
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    health->SetServingStatus("", serving);
+    if (main) {
+      health->SetServingStatus(v1::Data::service_full_name(), serving);
+      health->SetServingStatus(inference::GRPCInferenceService::service_full_name(), serving);
+    }
+    if (!main || !split) health->SetServingStatus(v1::Admin::service_full_name(), serving);
   }
+}
+
+std::string QlinearServer::admin_address() const {
+  if (admin_server_ == nullptr) return "";
+  const size_t colon = options_.admin_listen.rfind(':');
+  return absl::StrCat(options_.admin_listen.substr(0, colon), ":", admin_port_);
+}
+
+absl::Status QlinearServer::ReloadTokens() {
+  absl::Status reloaded = auth_->Reload();
+  if (!reloaded.ok()) {
+    Log(LogLevel::kError, "tokens_reload_failed", {{"reason", reloaded.message()}});
+  }
+  Log(reloaded.ok() ? LogLevel::kInfo : LogLevel::kWarning, "tokens_reloaded",
+      {{"data_tokens", auth_->tokens(Plane::kData)},
+       {"data_names", absl::StrJoin(auth_->names(Plane::kData), ",")},
+       {"admin_tokens", auth_->tokens(Plane::kAdmin)},
+       {"admin_names", absl::StrJoin(auth_->names(Plane::kAdmin), ",")}});
+  return reloaded;
 }
 
 int QlinearServer::metrics_port() const { return ops_ ? ops_->port() : 0; }
@@ -135,6 +232,12 @@ void QlinearServer::SetServing(bool serving) {
   SetHealth(serving);
 }
 
+void QlinearServer::StopAdvertising() {
+  if (shut_down_) return;
+  draining_ = true;
+  SetHealth(false);
+}
+
 bool QlinearServer::Shutdown(std::chrono::steady_clock::time_point deadline,
                              Engine::DrainCounts* counts) {
   if (shut_down_) return drained_;
@@ -144,7 +247,9 @@ bool QlinearServer::Shutdown(std::chrono::steady_clock::time_point deadline,
   drained_ = engine_->Drain(deadline, counts);
   // Every accepted Forward is answered now; stop gRPC (uploads still
   // streaming are cancelled).
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  const auto stop_by = std::chrono::system_clock::now() + std::chrono::seconds(1);
+  if (admin_server_ != nullptr) admin_server_->Shutdown(stop_by);
+  server_->Shutdown(stop_by);
   return drained_;
 }
 
@@ -152,6 +257,7 @@ QlinearServer::~QlinearServer() {
   if (server_ != nullptr) {
     Shutdown(std::chrono::steady_clock::now());
     server_->Wait();
+    if (admin_server_ != nullptr) admin_server_->Wait();
   }
 }
 

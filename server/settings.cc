@@ -116,6 +116,10 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
       {"max-message-mb", Type::kInt, "N", "64", 1, 2047, "", "largest gRPC message, in MiB"},
       {"drain-timeout-s", Type::kInt, "N", "30", 0, 86400, "",
        "on SIGINT/SIGTERM, how long to finish accepted work"},
+      {"drain-delay-ms", Type::kInt, "N", "0", 0, 600000, "",
+       "on SIGINT/SIGTERM, how long to keep serving while /readyz and gRPC health say "
+       "draining, before the drain stops accepting (the time load balancers need to notice; "
+       "a second signal ends it)"},
       {"model", Type::kList, "PATH", "", 0, 0, "",
        "a .safetensors file or an mlx-lm model folder to serve (repeatable): MLX triplets as "
        "they are, float .weight tensors quantized with --mode/--bits/--group-size"},
@@ -133,6 +137,25 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
       {"metrics-listen", Type::kAddress, "HOST:PORT", "127.0.0.1:9464", 0, 0, "",
        "HTTP address of /metrics, /healthz and /readyz (port 0 picks a free port; empty "
        "turns it off)"},
+      {"admin-listen", Type::kAddress, "HOST:PORT", "", 0, 0, "",
+       "serve the Admin plane on its own listener here (e.g. 127.0.0.1:50052), and no Admin "
+       "method on --listen; empty: Admin on --listen (docs/security.md)"},
+      {"tls-cert", Type::kString, "FILE", "", 0, 0, "",
+       "PEM certificate chain of both gRPC listeners (with --tls-key): TLS instead of "
+       "plaintext"},
+      {"tls-key", Type::kString, "FILE", "", 0, 0, "", "PEM private key of --tls-cert (unencrypted)"},
+      {"tls-client-ca", Type::kString, "FILE", "", 0, 0, "",
+       "PEM CA certificates: every client must present a certificate they signed (mTLS; "
+       "probes then use the HTTP /readyz)"},
+      {"tls-reload-s", Type::kInt, "N", "60", 1, 86400, "",
+       "how often the TLS files are re-read, so that replaced certificates apply without a "
+       "restart"},
+      {"data-token-file", Type::kString, "FILE", "", 0, 0, "",
+       "bearer tokens of the Data plane, one per line (NAME:TOKEN or TOKEN); re-read on "
+       "SIGHUP; none: Data is open"},
+      {"admin-token-file", Type::kString, "FILE", "", 0, 0, "",
+       "bearer tokens of the Admin plane (which may also call Data); re-read on SIGHUP; none: "
+       "Admin is open unless --data-token-file is given"},
       {"log-format", Type::kChoice, "F", "text", 0, 0, "text|json",
        "the event log on stderr: one line per event, as text or JSON lines"},
       {"access-log", Type::kBool, "", "", 0, 0, "",

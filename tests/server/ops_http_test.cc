@@ -43,6 +43,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using Serving = grpc::health::v1::HealthCheckResponse;
 using Clock = std::chrono::steady_clock;
 
@@ -600,6 +601,57 @@ TEST_F(OpsHttpTest, ReadyzAndHealthFollowLoadingAndDrain) {
   int exit_status = -2;
   EXPECT_TRUE(server.WaitAtMost(std::chrono::seconds(60), &exit_status));
   EXPECT_EQ(exit_status, 0) << server.Log();
+}
+
+// --drain-delay-ms: after SIGTERM the replica says "draining" on /readyz and
+// gRPC health but still answers new requests; a second SIGTERM ends the
+// delay and the drain runs.
+TEST_F(OpsHttpTest, DrainDelayKeepsServingWhileNotReady) {
+  ServerProcess::Options options;
+  options.log = dir_.File("server.log");
+  ServerProcess server(QLINEAR_SERVER_BINARY,
+                       {"--threads", "1", "--metrics-listen", "127.0.0.1:0",
+                        "--drain-delay-ms", "600000"},
+                       options);
+  const int port = MetricsPort(server);
+  ASSERT_NE(port, 0) << server.Log();
+  ASSERT_TRUE(server.WaitServing()) << server.Log();
+  auto client = Client::Connect(server.target());
+  v1::ForwardRequest request;
+  request.set_layer("demo");
+  request.mutable_input()->set_dtype(v1::F32);
+  request.mutable_input()->add_shape(1);
+  request.mutable_input()->add_shape(4096);
+  const std::vector<float> x(4096, 0.5f);
+  request.mutable_input()->set_data(x.data(), x.size() * sizeof(float));
+  auto before = client->Forward(request);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  server.Signal(SIGTERM);
+  HttpResponse ready;
+  ASSERT_TRUE(WaitFor([&] {
+    ready = HttpGet(port, "/readyz");
+    return ready.status != 200;
+  })) << server.Log();
+  EXPECT_EQ(ready.status, 503);
+  EXPECT_THAT(ready.body, HasSubstr("draining"));
+  for (const char* service : kServices) {
+    auto h = client->Health(service);
+    ASSERT_TRUE(h.ok()) << "'" << service << "': " << h.status();
+    EXPECT_EQ(*h, Serving::NOT_SERVING) << "'" << service << "'";
+  }
+  // Still accepted and answered, the same bits as before.
+  auto during = client->Forward(request);
+  ASSERT_TRUE(during.ok()) << during.status();
+  EXPECT_EQ(during->output().data(), before->output().data());
+  EXPECT_THAT(server.Log(), HasSubstr("drain_delay"));
+  EXPECT_THAT(server.Log(), Not(HasSubstr("drain_started")));
+
+  server.Signal(SIGTERM);  // the second signal ends the 10-minute delay
+  int exit_status = -2;
+  EXPECT_TRUE(server.WaitAtMost(std::chrono::seconds(60), &exit_status));
+  EXPECT_EQ(exit_status, 0) << server.Log();
+  EXPECT_THAT(server.Log(), HasSubstr("drain_started"));
 }
 
 }  // namespace

@@ -398,7 +398,9 @@ TEST_F(ServerTest, CancellationWhileQueued) {
   StartServer({.max_batch_rows = 1024, .max_batch_delay_us = 300000});
   ASSERT_TRUE(Upload("l", 64, 128, 15).ok());
   const std::vector<float> x = RandomFloats(128, 16);
-  auto stub = v1::Data::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  ChannelOptions plain;
+  plain.target = server_->address();
+  auto stub = v1::Data::NewStub(*MakeChannel(plain));
   grpc::ClientContext context;
   v1::ForwardResponse response;
   grpc::Status status;
