@@ -1,5 +1,6 @@
 #include "core/kernels/qmm.h"
 
+#include <cpuid.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -14,8 +15,37 @@
 #include "tbb/parallel_for.h"
 #include "tbb/partitioner.h"
 
+#if defined(__SANITIZE_THREAD__)
+#define QLINEAR_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define QLINEAR_UNDER_TSAN 1
+#endif
+#endif
+#ifdef QLINEAR_UNDER_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#endif
+
 namespace qlinear {
 namespace {
+
+// oneTBB's scheduler (Debian's libtbb, not built with ThreadSanitizer) hands
+// tasks between threads where TSan cannot see it. These state the ordering
+// parallel_for guarantees: what the caller wrote before it is visible to
+// every body, and what the bodies wrote is visible once it returns.
+// No-ops outside TSan builds.
+// One address for every call: a body cannot read a per-call one from its
+// captures before the edge exists (TSan builds only; it also orders
+// concurrent calls from different threads, which can only hide a race there).
+#ifdef QLINEAR_UNDER_TSAN
+char tsan_sync;
+void HappensBefore() { __tsan_release(&tsan_sync); }
+void HappensAfter() { __tsan_acquire(&tsan_sync); }
+#else
+void HappensBefore() {}
+void HappensAfter() {}
+#endif
 
 using kernels::Decode;
 using kernels::kMaxRows;
@@ -41,8 +71,10 @@ TileFn KernelFor(SimdTarget target) {
 SimdTarget DetectBest() {
   __builtin_cpu_init();
   SimdTarget best = SimdTarget::kPortable;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c")) {
+  // F16C through CPUID: clang 14's __builtin_cpu_supports does not know "f16c".
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
     best = SimdTarget::kAvx2;
   }
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
@@ -313,38 +345,41 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   const size_t block_words = static_cast<size_t>(kBlockTiles * w.words_per_tile_);
   const size_t block_param_bytes =
       static_cast<size_t>(groups * kBlockStride) * w.scale_bytes();
-  auto run_blocks = [&](const tbb::blocked_range<int64_t>& range) {
+  // The body takes its block by value (TBB's index form): TBB reads its
+  // ranges in its own frames, which the TSan build's suppressions name.
+  auto run_block = [&](int64_t b) {
+    HappensAfter();
     TileArgs a = base;
     a.tiles = kBlockTiles;
-    // Row blocks outside, output blocks inside (one per task, see below):
-    // the block's codes stay in L2 while each 8-row block of x meets them.
+    a.codes = w.codes() + b * block_words;
+    a.scales = w.scales_.data() + b * block_param_bytes;
+    a.biases = w.biases_.empty() ? nullptr : w.biases_.data() + b * block_param_bytes;
+    // Row blocks inside: the block's codes stay in L2 while each 8-row
+    // block of x meets them.
     for (int64_t m = 0; m < rows; m += kMaxRows) {
       a.rows = static_cast<int>(std::min<int64_t>(kMaxRows, rows - m));
       a.x = xf + m * k;
       a.x_scaled = x_scaled == nullptr ? nullptr : x_scaled + m * k;
       a.xsum = xsum + m * groups;
-      for (int64_t b = range.begin(); b < range.end(); ++b) {
-        a.codes = w.codes() + b * block_words;
-        a.scales = w.scales_.data() + b * block_param_bytes;
-        a.biases = w.biases_.empty() ? nullptr : w.biases_.data() + b * block_param_bytes;
-        a.y = ybuf + m * y_stride + b * kBlockStride;
-        kernel(a);
-      }
+      a.y = ybuf + m * y_stride + b * kBlockStride;
+      kernel(a);
     }
+    HappensBefore();
   };
   auto run = [&] {
     // One block (64 outputs) per task: on a shared host one core can run
     // slower than the other, and a one-row block is only ~4 us of work, so
     // finer tasks even out the end of a call (measured 2-3 % faster at one
     // row than 4 chunks per thread, no change for larger batches).
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1), run_blocks,
-                      tbb::simple_partitioner());
+    tbb::parallel_for(int64_t{0}, blocks, int64_t{1}, run_block, tbb::simple_partitioner());
   };
+  HappensBefore();
   if (options.arena != nullptr) {
     options.arena->execute(run);
   } else {
     run();
   }
+  HappensAfter();
 
   // Epilogue: bias, then the output dtype.
   if (direct && bias == nullptr) return;
