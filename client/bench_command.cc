@@ -85,7 +85,18 @@ struct Call {
   grpc::ClientContext context;
   v1::ForwardResponse response;
   Clock::time_point started;
+  uint64_t n = 0;    // which request: picks the stub and the input
+  int attempt = 0;   // 0: first send; --retries bounds the rest
 };
+
+// Retryable: what a replica that died mid-answer (a proxy then cuts the
+// stream: UNKNOWN), refused while draining (UNAVAILABLE) or dropped an
+// unstarted call at shutdown (CANCELLED) leaves behind. Forward is
+// idempotent, so sending it again is safe.
+bool Retryable(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::UNKNOWN ||
+         code == grpc::StatusCode::CANCELLED;
+}
 
 }  // namespace
 
@@ -94,9 +105,10 @@ int RunBench(int argc, char** argv) {
                     "--layer NAME [--target HOST:PORT[,HOST:PORT...]|dns:///HOST:PORT] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] "
                     "[--token-file FILE] [--rows R] [--dtype f32|f16|bf16] "
                     "(--concurrency C | --rate QPS) [--duration S | --requests N] [--warmup S] "
-                    "[--until-stable] [--channels K] [--json]"};
+                    "[--until-stable] [--channels K] [--retries N] [--json]"};
   std::set<std::string> valued = {"layer",    "rows",   "dtype",    "concurrency", "rate",
-                                   "duration", "requests", "warmup", "channels",    "timeout-s"};
+                                   "duration", "requests", "warmup", "channels",    "timeout-s",
+                                   "retries"};
   valued.insert(ChannelFlagNames().begin(), ChannelFlagNames().end());
   auto flags = Flags::Parse(argc, argv, 2, valued, {"json", "until-stable"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
@@ -108,7 +120,7 @@ int RunBench(int argc, char** argv) {
     *out = v->value_or(def);
     return *out >= lo && *out <= hi;
   };
-  int64_t rows, concurrency, rate, duration, requests, warmup, channels, timeout_s;
+  int64_t rows, concurrency, rate, duration, requests, warmup, channels, timeout_s, retries;
   if (!int_flag("rows", 1, 1, 65536, &rows)) return cmd.Usage("--rows must be in [1, 65536]");
   if (!int_flag("concurrency", 0, 0, 65536, &concurrency)) return cmd.Usage("--concurrency must be in [1, 65536]");
   if (!int_flag("rate", 0, 0, 10'000'000, &rate)) return cmd.Usage("--rate must be in [1, 10000000]");
@@ -117,6 +129,7 @@ int RunBench(int argc, char** argv) {
   if (!int_flag("warmup", 2, 0, 3600, &warmup)) return cmd.Usage("--warmup must be in [0, 3600] seconds");
   if (!int_flag("channels", 0, 0, 64, &channels)) return cmd.Usage("--channels must be in [1, 64]");
   if (!int_flag("timeout-s", 60, 1, 86400, &timeout_s)) return cmd.Usage("--timeout-s must be in [1, 86400]");
+  if (!int_flag("retries", 0, 0, 10, &retries)) return cmd.Usage("--retries must be in [0, 10]");
   if ((concurrency > 0) == (rate > 0)) return cmd.Usage("give exactly one of --concurrency and --rate");
   if (flags->Has("duration") && flags->Has("requests")) return cmd.Usage("give at most one of --duration and --requests");
   DType dtype = DType::kF32;
@@ -174,21 +187,31 @@ int RunBench(int argc, char** argv) {
   std::atomic<uint64_t> issued{0};
   const Clock::time_point begin = Clock::now();
 
-  // Issue one call; `started` is when it was due (open loop) or sent.
+  // Send `call` (again, for a retry: one request, counted once with its
+  // final outcome, its latency from the first send).
+  std::atomic<uint64_t> retried{0};
   std::function<void(Clock::time_point)> issue;
-  issue = [&](Clock::time_point started) {
-    const uint64_t n = issued.fetch_add(1);
-    auto call = std::make_shared<Call>();
-    call->started = started;
+  std::function<void(std::shared_ptr<Call>)> send;
+  send = [&](std::shared_ptr<Call> call) {
     call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
     SetCallMetadata(*channel, &call->context);
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      ++in_flight;
-    }
-    stubs[n % stubs.size()]->async()->Forward(
-        &call->context, &inputs[n % inputs.size()], &call->response,
+    Call* raw = call.get();
+    stubs[raw->n % stubs.size()]->async()->Forward(
+        &raw->context, &inputs[raw->n % inputs.size()], &raw->response,
         [&, call](grpc::Status status) mutable {
+          if (!status.ok() && call->attempt < retries && Retryable(status.error_code())) {
+            auto again = std::make_shared<Call>();
+            again->started = call->started;
+            again->n = call->n;
+            again->attempt = call->attempt + 1;
+            retried.fetch_add(1);
+            {
+              std::lock_guard<std::mutex> lock(mu);
+              graveyard.push_back(std::move(call));
+            }
+            send(std::move(again));
+            return;
+          }
           rec.Record(call->started, Clock::now(), status, call->response);
           {
             std::lock_guard<std::mutex> lock(mu);
@@ -201,6 +224,18 @@ int RunBench(int argc, char** argv) {
           --in_flight;
           cv.notify_all();
         });
+  };
+
+  // Issue one call; `started` is when it was due (open loop) or sent.
+  issue = [&](Clock::time_point started) {
+    auto call = std::make_shared<Call>();
+    call->n = issued.fetch_add(1);
+    call->started = started;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++in_flight;
+    }
+    send(std::move(call));
   };
 
   const auto warmup_end = begin + std::chrono::seconds(warmup);
@@ -322,8 +357,10 @@ int RunBench(int argc, char** argv) {
     std::vector<std::string> per_s;
     for (const auto& w : rec.window_latency_ms) per_s.push_back(std::to_string(w.size()));
     const std::string fault_fields = absl::StrFormat(
-        ", \"sent\": %llu, \"ok_total\": %llu, \"ok_per_s\": [%s], \"measure_start_unix_ms\": %lld",
+        ", \"sent\": %llu, \"retried\": %llu, \"ok_total\": %llu, \"ok_per_s\": [%s], "
+        "\"measure_start_unix_ms\": %lld",
         static_cast<unsigned long long>(issued.load()),
+        static_cast<unsigned long long>(retried.load()),
         static_cast<unsigned long long>(rec.ok_total), absl::StrJoin(per_s, ", "),
         static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    rec.measure_start_wall.time_since_epoch())

@@ -9,9 +9,11 @@
 #   - per-second OK throughput back to >= 70 % of the pre-fault median
 #     within 2 s of each fault;
 #   - the drained replica exits 0 and logged drain_started/drain_finished.
-# Retries come from HAProxy (retry-on, see haproxy.cfg). The same run with
-# client-side round robin (`--target a,b,c`) runs when `qlinear bench`
-# accepts several targets.
+# Retries come from HAProxy (retry-on, see haproxy.cfg) and, for answers
+# cut short by a SIGKILL, from the client (`qlinear bench --retries 3`).
+# Then the same run with client-side round robin (`--target a,b,c`),
+# retries from the client's service config (client/channel.h) and
+# --retries.
 #
 # usage: docker/scale_test.sh [BUILD_DIR]   (default: build)
 # env:   QLINEAR_MODEL_DIR (default ../shared/mlx-lm/tiny-llama-4bit),
@@ -88,7 +90,10 @@ start_replica() {
 # through TARGET, the two faults, then the checks. Prints one summary line.
 run_phase() {
   local label=$1 target=$2 json=$work/$1.json
-  "$cli" bench --target "$target" --layer "$layer" --concurrency 64 \
+  # --retries: a replica SIGKILLed mid-answer leaves streams cut short
+  # (UNKNOWN through HAProxy) that no transparent retry may resend; the
+  # client resends those idempotent Forwards itself, counted once.
+  "$cli" bench --target "$target" --layer "$layer" --concurrency 64 --retries 3 \
     --duration "$duration" --warmup 1 --json >"$json" 2>"$work/$label.bench.err" &
   local bench=$!
   pids+=("$bench")
@@ -148,7 +153,7 @@ print(f"scale_test: {label}: {r['requests_per_s']:.0f} req/s measured ({r['reque
       f"{r['seconds']:.1f} s), pre-fault median {median:.0f} OK/s; per second {per_s}; "
       f"SIGKILL at {t_kill:.2f} s: recovered in {rec_kill:.2f} s; SIGTERM at {t_term:.2f} s: "
       f"recovered in {rec_term:.2f} s; failed {failed} {r['errors'] or ''}; "
-      f"sent {r['sent']}, OK {r['ok_total']}; p99 {r['latency_ms']['p99']:.2f} ms, "
+      f"sent {r['sent']}, OK {r['ok_total']}, resent by the client {r['retried']}; p99 {r['latency_ms']['p99']:.2f} ms, "
       f"max {r['latency_ms']['max']:.1f} ms")
 problems = []
 if failed:
@@ -184,14 +189,11 @@ done
 sleep 0.5  # every replica's checks have passed (rise 2 at 100 ms)
 run_phase haproxy "127.0.0.1:$lb_port"
 
-# --- client-side round robin, once the client takes several targets ---
-if "$cli" bench 2>&1 | grep -qiE 'ADDR\[,|,ADDR|HOST:PORT,|dns:///|round.robin|several targets'; then
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-  start_all
-  run_phase client_rr "$r1_addr,$r2_addr,$r3_addr"
-else
-  echo "scale_test: client-side round robin skipped: qlinear bench takes one --target (multi-target clients pending)"
-fi
+# --- client-side round robin: gRPC's round_robin and the retry policy of
+# client/channel.h, no proxy ---
+for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+pids=()
+start_all
+run_phase client_rr "$r1_addr,$r2_addr,$r3_addr"
 echo "scale_test: PASS"

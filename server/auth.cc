@@ -171,4 +171,10 @@ std::string Authorizer::Describe() const {
   return absl::StrCat(data, ", ", admin);
 }
 
+absl::StatusOr<std::string> CheckCall(const Authorizer* auth,
+                                      const grpc::ServerContextBase& context, Plane plane) {
+  if (auth == nullptr) return std::string();
+  return auth->Check(context, plane);
+}
+
 }  // namespace qlinear

@@ -107,6 +107,11 @@ class Authorizer {
   std::shared_ptr<const Tokens> tokens_ ABSL_GUARDED_BY(mu_);
 };
 
+// CheckCall is how every handler asks: `auth`'s Check, or open (the caller
+// name "") when `auth` is null.
+absl::StatusOr<std::string> CheckCall(const Authorizer* auth,
+                                      const grpc::ServerContextBase& context, Plane plane);
+
 }  // namespace qlinear
 
 #endif  // QLINEAR_SERVER_AUTH_H_

@@ -57,8 +57,7 @@ Engine::Clock::time_point EngineDeadline(const grpc::CallbackServerContext& cont
 // qlinear.v1 method does; on a refusal it finishes `reactor` and says false.
 bool Authorized(const Authorizer* auth, grpc::CallbackServerContext* context,
                 grpc::ServerUnaryReactor* reactor) {
-  if (auth == nullptr) return true;
-  auto who = auth->Check(*context, Plane::kData);
+  auto who = CheckCall(auth, *context, Plane::kData);
   if (who.ok()) return true;
   reactor->Finish(ToGrpc(who.status()));
   return false;
@@ -258,7 +257,12 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
         // A replace between the check above and the batch: the answer came
         // from another version than the one asked for.
         if (r.status.ok()) {
-          r.status = CheckVersion(request->model_name(), request->model_version(), r.version);
+          absl::Status version = CheckVersion(request->model_name(), request->model_version(), r.version);
+          if (!version.ok()) {
+            // Counted OK by the engine; the client receives NOT_FOUND.
+            Engine::RecordUndelivered(r, rows, version.code());
+            r.status = version;
+          }
         }
         if (r.status.ok()) {
           response->set_model_name(request->model_name());

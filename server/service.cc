@@ -13,14 +13,6 @@
 namespace qlinear {
 namespace {
 
-// Authorize runs `auth`'s Check (open when null): the caller's name, or the
-// status to end the call with.
-absl::StatusOr<std::string> Authorize(const Authorizer* auth,
-                                      const grpc::CallbackServerContext& context, Plane plane) {
-  if (auth == nullptr) return std::string();
-  return auth->Check(context, plane);
-}
-
 // ForLog keeps a client-given string short in a log line (the log escapes
 // it): as it is up to kMaxLayerNameBytes, else QuoteForMessage's cut form.
 std::string ForLog(const std::string& s) {
@@ -42,7 +34,7 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   UploadReactor(Engine* engine, const Authorizer* auth, grpc::CallbackServerContext* context,
                 grpc::ByteBuffer* response, UploadStream::Rpc rpc)
       : engine_(engine), context_(context), response_(response), rpc_(rpc), stream_(engine, rpc) {
-    auto caller = Authorize(auth, *context, Plane::kAdmin);
+    auto caller = CheckCall(auth, *context, Plane::kAdmin);
     if (!caller.ok()) {
       Finish(ToGrpc(caller.status()));  // before reading anything
       return;
@@ -110,7 +102,7 @@ class ForwardReactor : public grpc::ServerUnaryReactor {
       : engine_(engine), context_(context), response_(response) {}
 
   void Start(const Authorizer* auth, const grpc::ByteBuffer* request, const ForwardLimits& limits) {
-    auto caller = Authorize(auth, *context_, Plane::kData);
+    auto caller = CheckCall(auth, *context_, Plane::kData);
     if (!caller.ok()) {
       skip_log_ = true;
       return Answer(caller.status());
@@ -208,7 +200,7 @@ grpc::ServerUnaryReactor* AdminService::UnloadLayer(grpc::CallbackServerContext*
                                                     const v1::UnloadLayerRequest* request,
                                                     v1::UnloadLayerResponse* /*response*/) {
   auto* reactor = context->DefaultReactor();
-  if (auto caller = Authorize(auth_, *context, Plane::kAdmin); !caller.ok()) {
+  if (auto caller = CheckCall(auth_, *context, Plane::kAdmin); !caller.ok()) {
     reactor->Finish(ToGrpc(caller.status()));
     return reactor;
   }
@@ -236,7 +228,7 @@ grpc::ServerUnaryReactor* DataService::ListLayers(grpc::CallbackServerContext* c
                                                   const v1::ListLayersRequest* /*request*/,
                                                   v1::ListLayersResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto caller = Authorize(auth_, *context, Plane::kData); !caller.ok()) {
+  if (auto caller = CheckCall(auth_, *context, Plane::kData); !caller.ok()) {
     reactor->Finish(ToGrpc(caller.status()));
     return reactor;
   }
@@ -251,7 +243,7 @@ grpc::ServerUnaryReactor* DataService::GetLayer(grpc::CallbackServerContext* con
                                                 const v1::GetLayerRequest* request,
                                                 v1::LayerInfo* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto caller = Authorize(auth_, *context, Plane::kData); !caller.ok()) {
+  if (auto caller = CheckCall(auth_, *context, Plane::kData); !caller.ok()) {
     reactor->Finish(ToGrpc(caller.status()));
     return reactor;
   }
@@ -269,7 +261,7 @@ grpc::ServerUnaryReactor* DataService::Stats(grpc::CallbackServerContext* contex
                                              const v1::StatsRequest* request,
                                              v1::StatsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto caller = Authorize(auth_, *context, Plane::kData); !caller.ok()) {
+  if (auto caller = CheckCall(auth_, *context, Plane::kData); !caller.ok()) {
     reactor->Finish(ToGrpc(caller.status()));
     return reactor;
   }
