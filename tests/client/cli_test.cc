@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -457,6 +458,68 @@ TEST_F(CliTest, ControlBytesFromTheServerArePrintedEscaped) {
   EXPECT_THAT(r.err, Not(HasSubstr("\x1b")));
   EXPECT_THAT(r.err, Not(HasSubstr("\r")));
   server->Shutdown();
+}
+
+// Every other Forward ends `code_`, as a replica dying mid-answer behind a
+// proxy (UNKNOWN) or draining (UNAVAILABLE) would; the rest answer OK.
+class FlakyData final : public v1::Data::CallbackService {
+ public:
+  explicit FlakyData(grpc::StatusCode code) : code_(code) {}
+  grpc::ServerUnaryReactor* GetLayer(grpc::CallbackServerContext* context,
+                                     const v1::GetLayerRequest* request,
+                                     v1::LayerInfo* info) override {
+    info->set_name(request->name());
+    info->set_out_features(4);
+    info->set_in_features(4);
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
+                                    const v1::ForwardRequest*, v1::ForwardResponse*) override {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(calls_.fetch_add(1) % 2 == 0 ? grpc::Status(code_, "cut short")
+                                                  : grpc::Status::OK);
+    return reactor;
+  }
+  int64_t calls() const { return calls_.load(); }
+
+ private:
+  grpc::StatusCode code_;
+  std::atomic<int64_t> calls_{0};
+};
+
+// bench --retries resends a Forward ended UNKNOWN or UNAVAILABLE, counting
+// each request once with its final outcome; without it they are failures.
+TEST_F(CliTest, BenchRetriesResendCutShortForwards) {
+  for (grpc::StatusCode code : {grpc::StatusCode::UNKNOWN, grpc::StatusCode::UNAVAILABLE}) {
+    FlakyData service(code);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    auto server = builder.BuildAndStart();
+    ASSERT_NE(server, nullptr);
+    const std::string base = "bench --layer l --concurrency 1 --requests 10 --warmup 0 --json --target 127.0.0.1:" +
+                             std::to_string(port);
+    RunResult r = Run(base + " --retries 1");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto report = nlohmann::json::parse(r.out);
+    EXPECT_TRUE(report["errors"].empty()) << r.out;
+    EXPECT_EQ(report["sent"], 10) << r.out;
+    EXPECT_EQ(report["retried"], 10) << r.out;
+    EXPECT_EQ(report["ok_total"], 10) << r.out;
+    EXPECT_EQ(service.calls(), 20);
+
+    r = Run(base);  // no retries: every other request fails
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    report = nlohmann::json::parse(r.out);
+    const std::string name = code == grpc::StatusCode::UNKNOWN ? "UNKNOWN" : "UNAVAILABLE";
+    EXPECT_EQ(report["errors"][name], 5) << r.out;
+    EXPECT_EQ(report["retried"], 0) << r.out;
+    EXPECT_EQ(report["ok_total"], 5) << r.out;
+    server->Shutdown();
+  }
 }
 
 }  // namespace
