@@ -412,6 +412,17 @@ TEST_F(CliTest, BenchReportMatchesServerStats) {
 
 // A server that answers with control bytes in a name, an origin and an
 // error message (a real server refuses such names; a hostile one need not).
+// StartFake serves `service` on a free loopback port; `target` is its address.
+std::unique_ptr<grpc::Server> StartFake(grpc::Service* service, std::string* target) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service);
+  auto server = builder.BuildAndStart();
+  *target = "127.0.0.1:" + std::to_string(port);
+  return server;
+}
+
 class HostileData final : public v1::Data::CallbackService {
  public:
   grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
@@ -437,13 +448,9 @@ class HostileData final : public v1::Data::CallbackService {
 // from a server (HEAD: printed raw, so a name could drive the terminal).
 TEST_F(CliTest, ControlBytesFromTheServerArePrintedEscaped) {
   HostileData service;
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  auto server = builder.BuildAndStart();
+  std::string target;
+  auto server = StartFake(&service, &target);
   ASSERT_NE(server, nullptr);
-  const std::string target = "127.0.0.1:" + std::to_string(port);
 
   RunResult r = Run("list --target " + target);
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -494,14 +501,11 @@ class FlakyData final : public v1::Data::CallbackService {
 TEST_F(CliTest, BenchRetriesResendCutShortForwards) {
   for (grpc::StatusCode code : {grpc::StatusCode::UNKNOWN, grpc::StatusCode::UNAVAILABLE}) {
     FlakyData service(code);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&service);
-    auto server = builder.BuildAndStart();
+    std::string target;
+    auto server = StartFake(&service, &target);
     ASSERT_NE(server, nullptr);
-    const std::string base = "bench --layer l --concurrency 1 --requests 10 --warmup 0 --json --target 127.0.0.1:" +
-                             std::to_string(port);
+    const std::string base =
+        "bench --layer l --concurrency 1 --requests 10 --warmup 0 --json --target " + target;
     RunResult r = Run(base + " --retries 1");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto report = nlohmann::json::parse(r.out);
