@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -68,6 +69,32 @@ TileFn KernelFor(SimdTarget target) {
   return kernels::TileKernelPortable;
 }
 
+// The INT8 and BF16 kernels of a target (core/precision.h). AVX-512
+// without VNNI or BF16 runs the AVX2 kernels, which give the same bits.
+TileFn Int8KernelFor(SimdTarget target) {
+  switch (target) {
+    case SimdTarget::kAvx512:
+      return CpuHasVnni() ? kernels::TileKernelInt8Avx512Vnni : kernels::TileKernelInt8Avx2;
+    case SimdTarget::kAvx2:
+      return kernels::TileKernelInt8Avx2;
+    case SimdTarget::kPortable:
+      break;
+  }
+  return kernels::TileKernelInt8Portable;
+}
+
+TileFn Bf16KernelFor(SimdTarget target) {
+  switch (target) {
+    case SimdTarget::kAvx512:
+      return CpuHasAvx512Bf16() ? kernels::TileKernelBf16Avx512Bf16 : kernels::TileKernelBf16Avx2;
+    case SimdTarget::kAvx2:
+      return kernels::TileKernelBf16Avx2;
+    case SimdTarget::kPortable:
+      break;
+  }
+  return kernels::TileKernelBf16Portable;
+}
+
 SimdTarget DetectBest() {
   __builtin_cpu_init();
   SimdTarget best = SimdTarget::kPortable;
@@ -86,10 +113,14 @@ SimdTarget DetectBest() {
 // Reusable per-thread scratch: grows, never shrinks, so steady-state calls
 // allocate nothing.
 struct Scratch {
-  std::vector<float> x, x_scaled, xsum, y;
+  std::vector<float> x, x_scaled, xsum, y, xd;
+  std::vector<int8_t> xq;
+  std::vector<int32_t> xqsum;
+  std::vector<uint32_t> xb;
 };
 
-float* Grow(std::vector<float>& v, size_t n) {
+template <typename T>
+T* Grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
   return v.data();
 }
@@ -174,6 +205,25 @@ absl::string_view SimdTargetName(SimdTarget target) {
       break;
   }
   return "portable";
+}
+
+bool CpuHasVnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return has;
+}
+
+bool CpuHasAvx512Bf16() {
+  // CPUID leaf 7 subleaf 1, EAX bit 5 (GCC 12's __builtin_cpu_supports
+  // has no name for it).
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0 &&
+           SimdTargetSupported(SimdTarget::kAvx512);
+  }();
+  return has;
 }
 
 bool SimdTargetSupported(SimdTarget target) {
@@ -287,11 +337,13 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     for (int64_t i = 0; i < rows * k; ++i) buf[i] = LoadFloat(x_dtype, x, static_cast<size_t>(i));
     xf = buf;
   }
+  const Precision precision = EffectivePrecision(w.params_, options.precision);
   float* xsum = Grow(scratch.xsum, static_cast<size_t>(rows * groups));
   // Summed in double, k ascending, and rounded once: the bias term b·xsum is
   // where the factored form can cancel, so its input should carry no extra
-  // error. Eight groups at a time, so that their add chains overlap.
-  for (int64_t m = 0; m < rows; ++m) {
+  // error. Eight groups at a time, so that their add chains overlap. (INT8
+  // and BF16 write their own sums below.)
+  for (int64_t m = 0; precision == Precision::kExact && m < rows; ++m) {
     const float* row = xf + m * k;
     for (int64_t g0 = 0; g0 < groups; g0 += 8) {
       const int64_t count = std::min<int64_t>(8, groups - g0);
@@ -303,13 +355,69 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     }
   }
 
+  // INT8 and BF16 read their prepared input (kernel_args.h).
+  const void* xp = nullptr;
+  int64_t xp_stride = 0;
+  const float* xd = nullptr;
+  int64_t xd_stride = 0;
+  const int32_t* xqsum = nullptr;
+  if (precision == Precision::kInt8) {
+    const int64_t blocks = k / kernels::kInt8Block;
+    int8_t* q = Grow(scratch.xq, static_cast<size_t>(rows * k));
+    float* d = Grow(scratch.xd, static_cast<size_t>(rows * blocks));
+    int32_t* qs = Grow(scratch.xqsum, static_cast<size_t>(rows * blocks));
+    // The same bits on every target (kernel_args.h).
+    (options.target == SimdTarget::kAvx512 ? kernels::PrepareInt8Avx512
+     : options.target == SimdTarget::kAvx2 ? kernels::PrepareInt8Avx2
+                                           : kernels::PrepareInt8)(
+        xf, rows, k, kernels::kInt8Block, w.lane_bits_, q, d, qs);
+    xp = q;
+    xp_stride = k;
+    xd = d;
+    xd_stride = blocks;
+    xqsum = qs;
+    // The bias term multiplies the sum of the input the products saw
+    // (Σ d·Σq over the group's blocks), so the affine offset cancels as in
+    // x·dequantize(W)ᵀ.
+    const int64_t per_group = gs / kernels::kInt8Block;
+    for (int64_t i = 0; i < rows * groups; ++i) {
+      float s = 0.0f;
+      for (int64_t b = i * per_group; b < (i + 1) * per_group; ++b) {
+        s = std::fma(d[b], static_cast<float>(qs[b]), s);
+      }
+      xsum[i] = s;
+    }
+  } else if (precision == Precision::kBf16) {
+    uint32_t* b = Grow(scratch.xb, static_cast<size_t>(rows * k / 2));
+    kernels::PrepareBf16(xf, rows, k, w.lane_bits_, b);
+    xp = b;
+    xp_stride = k * 2;
+    // The bias term multiplies the sum of the input the products saw (xb:
+    // rounded, subnormals flushed; double, k ascending, rounded once), so
+    // the affine offset cancels. Only affine layers have that term.
+    if (w.params_.has_biases()) {
+      for (int64_t m = 0; m < rows; ++m) {
+        for (int64_t g = 0; g < groups; ++g) {
+          double s = 0;
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i) {
+            uint16_t h = FloatToBF16Bits(xf[m * k + i]);
+            if ((h & 0x7F80u) == 0) h &= 0x8000u;
+            s += BF16BitsToFloat(h);
+          }
+          xsum[m * groups + g] = static_cast<float>(s);
+        }
+      }
+    }
+  }
+
   // The AVX-512 kernel reads integer codes from pre-scaled inputs
   // (kernel_args.h), and so does the AVX2 kernel for one row (with several
   // rows it is FMA-bound, and its masks in place measured no faster),
   // unless some |x| is too small to scale exactly.
   const float* x_scaled = nullptr;
-  if (w.decode_ == Decode::kInt && (options.target == SimdTarget::kAvx512 ||
-                                    (options.target == SimdTarget::kAvx2 && rows == 1))) {
+  if (precision == Precision::kExact && w.decode_ == Decode::kInt &&
+      (options.target == SimdTarget::kAvx512 ||
+       (options.target == SimdTarget::kAvx2 && rows == 1))) {
     float* buf = Grow(scratch.x_scaled, static_cast<size_t>(rows * k));
     const bool ok = options.target == SimdTarget::kAvx512
                         ? kernels::PrescaleAvx512(xf, rows * k, w.lane_bits_, buf)
@@ -323,8 +431,15 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   float* ybuf = direct ? static_cast<float*>(y)
                        : Grow(scratch.y, static_cast<size_t>(rows * y_stride));
 
-  const TileFn kernel = KernelFor(options.target);
+  const TileFn kernel = precision == Precision::kInt8   ? Int8KernelFor(options.target)
+                        : precision == Precision::kBf16 ? Bf16KernelFor(options.target)
+                                                        : KernelFor(options.target);
   TileArgs base{};
+  base.xp = xp;
+  base.xp_stride = xp_stride;
+  base.xd = xd;
+  base.xd_stride = xd_stride;
+  base.xqsum = xqsum;
   base.biases = nullptr;
   base.x = xf;
   base.x_scaled = x_scaled;
@@ -361,6 +476,9 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
       a.x = xf + m * k;
       a.x_scaled = x_scaled == nullptr ? nullptr : x_scaled + m * k;
       a.xsum = xsum + m * groups;
+      a.xp = xp == nullptr ? nullptr : static_cast<const char*>(xp) + m * xp_stride;
+      a.xd = xd == nullptr ? nullptr : xd + m * xd_stride;
+      a.xqsum = xqsum == nullptr ? nullptr : xqsum + m * xd_stride;
       a.y = ybuf + m * y_stride + b * kBlockStride;
       kernel(a);
     }

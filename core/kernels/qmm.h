@@ -5,9 +5,9 @@
 //   QuantizedMatmul(w, DType::kF32, x, m, bias, DType::kF32, y, {.arena = &a});
 //
 // Results are batch-invariant and deterministic: each output is computed by
-// one fixed sequence of float32 fused multiply-adds (kernel_args.h), so a
-// row's bits never depend on the other rows of the batch, the batch size,
-// the thread count or the SIMD target (AVX-512, AVX2+FMA, portable).
+// one fixed sequence of float32 operations per precision (kernel_args.h),
+// so a row's bits never depend on the other rows of the batch, the batch
+// size, the thread count or the SIMD target (AVX-512, AVX2+FMA, portable).
 //
 // Thread safety: a PackedMatrix is immutable after Pack; any number of
 // threads may run QuantizedMatmul on it at once.
@@ -21,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "core/dtype.h"
 #include "core/kernels/kernel_args.h"
+#include "core/precision.h"
 #include "core/quantize.h"
 
 #include "tbb/task_arena.h"
@@ -43,7 +44,17 @@ struct MatmulOptions {
   // Run inside this arena (owned by the caller); null: the calling thread's
   // current arena.
   tbb::task_arena* arena = nullptr;
+  // The arithmetic (core/precision.h); QuantizedMatmul runs
+  // EffectivePrecision(w.params(), precision).
+  Precision precision = Precision::kExact;
 };
+
+// CpuHasVnni / CpuHasAvx512Bf16 tell whether this CPU has AVX512-VNNI
+// (vpdpbusd on 512 bits) and AVX512-BF16 (vdpbf16ps): the INT8 and BF16
+// kernels of the AVX-512 target use them, and otherwise run code that
+// gives the same bits without them.
+bool CpuHasVnni();
+bool CpuHasAvx512Bf16();
 
 class PackedMatrix;
 

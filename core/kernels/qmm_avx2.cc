@@ -6,19 +6,10 @@
 #include <immintrin.h>
 
 #include "core/kernels/kernel_args.h"
+#include "core/kernels/simd_params.h"
 
 namespace qlinear::kernels {
 namespace {
-
-// 8 scales or biases starting at element i, widened exactly to float32.
-__attribute__((always_inline)) inline __m256 LoadParams(const void* base, ScaleType type,
-                                                        int64_t i) {
-  if (type == ScaleType::kF32) return _mm256_loadu_ps(static_cast<const float*>(base) + i);
-  const __m128i h = _mm_loadu_si128(
-      reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
-  if (type == ScaleType::kF16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 template <int B, Decode D>
 __attribute__((always_inline)) inline __m256 DecodeLane(__m256i c, __m256 lut_lo,

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include "core/kernels/kernel_args.h"
+#include "core/kernels/simd_params.h"
 
 namespace qlinear::kernels {
 namespace {
@@ -35,16 +36,6 @@ __attribute__((always_inline)) inline __m512 DecodeLane(__m512i c, __m512 lut) {
     const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
   }
-}
-
-// 16 scales or biases starting at element i, widened exactly to float32.
-__attribute__((always_inline)) inline __m512 LoadParams(const void* base, ScaleType type,
-                                                        int64_t i) {
-  if (type == ScaleType::kF32) return _mm512_loadu_ps(static_cast<const float*>(base) + i);
-  const __m256i h = _mm256_loadu_si256(
-      reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
-  if (type == ScaleType::kF16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 template <int B, Decode D, bool kScaled, int R, int T, int I>

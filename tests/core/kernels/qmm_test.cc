@@ -17,33 +17,10 @@
 #include "core/half.h"
 #include "core/reference.h"
 #include "tbb/task_arena.h"
+#include "tests/core/kernels/kernel_test_util.h"
 
 namespace qlinear {
 namespace {
-
-std::vector<SimdTarget> Targets() {
-  std::vector<SimdTarget> out;
-  for (SimdTarget t : {SimdTarget::kPortable, SimdTarget::kAvx2, SimdTarget::kAvx512}) {
-    if (SimdTargetSupported(t)) out.push_back(t);
-  }
-  return out;
-}
-
-std::vector<uint8_t> Random(DType dtype, int64_t count, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint8_t> v(static_cast<size_t>(count) * DTypeSize(dtype));
-  for (int64_t i = 0; i < count; ++i) StoreFloat(dtype, v.data(), static_cast<size_t>(i), normal(rng));
-  return v;
-}
-
-QuantizedMatrix MakeLayer(const QuantParams& p, int64_t n, int64_t k, uint64_t seed,
-                          DType w_dtype = DType::kF16) {
-  const std::vector<uint8_t> w = Random(w_dtype, n * k, seed);
-  auto q = Quantize(p, w_dtype, w.data(), n, k);
-  EXPECT_TRUE(q.ok()) << q.status();
-  return *std::move(q);
-}
 
 // The scale type the packer should pick: affine scales and biases keep the
 // weights' 16-bit type (float32 weights give scales no 16-bit type holds);
