@@ -25,6 +25,7 @@
 #include "client/client.h"
 #include "client/command.h"
 #include "core/flags.h"
+#include "core/precision.h"
 #include "core/half.h"
 #include "grpcpp/client_context.h"
 #include "proto/wire.h"
@@ -56,6 +57,7 @@ struct Recorder {
   uint64_t ok_total = 0;
   std::chrono::system_clock::time_point measure_start_wall;
   double queue_us = 0, compute_us = 0, batch_rows = 0;  // sums over measured OK answers
+  std::map<std::string, uint64_t> ran;  // measured OK answers by the precision that ran
 
   void Record(Clock::time_point started, Clock::time_point done, const grpc::Status& status,
               const v1::ForwardResponse& response) {
@@ -74,6 +76,7 @@ struct Recorder {
       queue_us += static_cast<double>(response.timing().queue_us());
       compute_us += static_cast<double>(response.timing().compute_us());
       batch_rows += static_cast<double>(response.timing().batch_rows());
+      ++ran[std::string(PrecisionName(PrecisionThatRan(response)))];
     } else {
       ++errors[absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()))];
     }
@@ -103,12 +106,12 @@ bool Retryable(grpc::StatusCode code) {
 int RunBench(int argc, char** argv) {
   const Command cmd{"bench",
                     "--layer NAME [--target HOST:PORT[,HOST:PORT...]|dns:///HOST:PORT] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] "
-                    "[--token-file FILE] [--rows R] [--dtype f32|f16|bf16] "
+                    "[--token-file FILE] [--rows R] [--dtype f32|f16|bf16] [--precision exact|int8|bf16] "
                     "(--concurrency C | --rate QPS) [--duration S | --requests N] [--warmup S] "
                     "[--until-stable] [--channels K] [--retries N] [--json]"};
   std::set<std::string> valued = {"layer",    "rows",   "dtype",    "concurrency", "rate",
                                    "duration", "requests", "warmup", "channels",    "timeout-s",
-                                   "retries"};
+                                   "retries", "precision"};
   valued.insert(ChannelFlagNames().begin(), ChannelFlagNames().end());
   auto flags = Flags::Parse(argc, argv, 2, valued, {"json", "until-stable"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
@@ -138,6 +141,12 @@ int RunBench(int argc, char** argv) {
     if (!parsed) return cmd.Usage(absl::StrCat("--dtype must be f32, f16 or bf16; got '", *d, "'"));
     dtype = *parsed;
   }
+  Precision precision = Precision::kExact;
+  if (auto p = flags->Get("precision")) {
+    auto parsed = ParsePrecision(*p);
+    if (!parsed.ok()) return cmd.Usage(absl::StrCat("--", parsed.status().message()));
+    precision = *parsed;
+  }
   auto channel = ChannelOptionsFromFlags(*flags, [](const char* name) { return std::getenv(name); });
   if (!channel.ok()) return cmd.Usage(channel.status().message());
   const std::string target = channel->target;
@@ -159,6 +168,7 @@ int RunBench(int argc, char** argv) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (v1::ForwardRequest& r : inputs) {
     r.set_layer(*layer);
+    r.set_precision(PrecisionToWire(precision));
     r.mutable_input()->set_dtype(ToProto(dtype));
     r.mutable_input()->add_shape(rows);
     r.mutable_input()->add_shape(k);
@@ -345,6 +355,13 @@ int RunBench(int argc, char** argv) {
   const double rps = static_cast<double>(rec.measured) / secs;
   std::vector<std::string> errs;
   for (const auto& [code, n] : rec.errors) errs.push_back(absl::StrFormat("\"%s\": %d", code, n));
+  // The precision that ran: one name, or "mode n, mode n" if the layer
+  // changed under the run (a replace); the asked one when nothing answered.
+  std::vector<std::string> ran_parts;
+  for (const auto& [name, n] : rec.ran) ran_parts.push_back(absl::StrCat(name, " ", n));
+  const std::string ran = rec.ran.empty()      ? std::string(PrecisionName(precision))
+                          : rec.ran.size() == 1 ? rec.ran.begin()->first
+                                               : absl::StrJoin(ran_parts, ", ");
   stable = is_stable(window_rates()) || (rec.window_latency_ms.size() >= 3 && [&] {
              // A run that ended exactly on a window boundary: judge its last three.
              std::vector<double> r = window_rates();
@@ -367,13 +384,14 @@ int RunBench(int argc, char** argv) {
                                    .count()));
     std::printf(
         "{\"target\": \"%s\", \"layer\": \"%s\", \"rows_per_request\": %lld, \"dtype\": \"%s\", "
-        "\"mode\": \"%s\", \"concurrency\": %lld, \"rate\": %lld, \"requests\": %llu, "
+        "\"precision\": \"%s\", \"precision_ran\": \"%s\", \"mode\": \"%s\", \"concurrency\": %lld, \"rate\": %lld, \"requests\": %llu, "
         "\"rows\": %llu, \"seconds\": %.3f, \"requests_per_s\": %.2f, \"rows_per_s\": %.2f, "
         "\"requests_total\": %llu, \"latency_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f, "
         "\"p999\": %.4f, \"max\": %.4f}, \"errors\": {%s}, \"server\": {\"queue_us_mean\": %.2f, "
         "\"compute_us_mean\": %.2f, \"batch_rows_mean\": %.3f}, \"stable\": %s%s}\n",
         target.c_str(), layer->c_str(), static_cast<long long>(rows),
-        std::string(ShortDTypeName(dtype)).c_str(), concurrency > 0 ? "closed" : "open",
+        std::string(ShortDTypeName(dtype)).c_str(), std::string(PrecisionName(precision)).c_str(),
+        ran.c_str(), concurrency > 0 ? "closed" : "open",
         static_cast<long long>(concurrency), static_cast<long long>(rate),
         static_cast<unsigned long long>(rec.measured),
         static_cast<unsigned long long>(rec.measured * static_cast<uint64_t>(rows)), secs, rps,
@@ -382,11 +400,14 @@ int RunBench(int argc, char** argv) {
         Percentile(all, 100), absl::StrJoin(errs, ", ").c_str(), rec.queue_us / ok,
         rec.compute_us / ok, rec.batch_rows / ok, stable ? "true" : "false", fault_fields.c_str());
   } else {
-    std::printf("%s %s: %s, %lld row(s) of %s per request, %.1f s measured after %llds warmup\n",
+    std::printf("%s %s: %s, %lld row(s) of %s per request, precision %s%s, %.1f s measured after "
+                "%llds warmup\n",
                 target.c_str(), layer->c_str(),
                 concurrency > 0 ? absl::StrCat("closed loop, concurrency ", concurrency).c_str()
                                 : absl::StrCat("open loop, ", rate, " req/s offered").c_str(),
-                static_cast<long long>(rows), std::string(ShortDTypeName(dtype)).c_str(), secs,
+                static_cast<long long>(rows), std::string(ShortDTypeName(dtype)).c_str(),
+                std::string(PrecisionName(precision)).c_str(),
+                ran == PrecisionName(precision) ? "" : absl::StrCat(" (ran ", ran, ")").c_str(), secs,
                 static_cast<long long>(warmup));
     std::printf("  %.1f req/s, %.1f rows/s (%llu requests; %llu in total with warmup)\n", rps,
                 rps * static_cast<double>(rows), static_cast<unsigned long long>(rec.measured),

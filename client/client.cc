@@ -131,6 +131,35 @@ absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& re
   return response;
 }
 
+absl::StatusOr<v1::ForwardResponse> Client::Forward(v1::ForwardRequest request,
+                                                    Precision precision) {
+  request.set_precision(PrecisionToWire(precision));
+  return Forward(request);
+}
+
+v1::Precision PrecisionToWire(Precision precision) {
+  switch (precision) {
+    case Precision::kInt8:
+      return v1::INT8;
+    case Precision::kBf16:
+      return v1::BFLOAT16;
+    case Precision::kExact:
+      break;
+  }
+  return v1::EXACT;
+}
+
+Precision PrecisionThatRan(const v1::ForwardResponse& response) {
+  switch (response.precision()) {
+    case v1::INT8:
+      return Precision::kInt8;
+    case v1::BFLOAT16:
+      return Precision::kBf16;
+    default:
+      return Precision::kExact;
+  }
+}
+
 absl::StatusOr<v1::LayerInfo> Client::GetLayer(const std::string& name) {
   grpc::ClientContext context;
   Prepare(&context);

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "client/channel.h"
+#include "core/precision.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "qlinear/v1/qlinear.grpc.pb.h"
@@ -55,7 +56,11 @@ class Client {
                                               absl::Span<const uint8_t> bias,
                                               const Progress& progress = {});
   absl::Status Unload(const std::string& name);
+  // Forward sends request.precision as it is; the response's precision
+  // says which mode ran (PrecisionThatRan).
   absl::StatusOr<v1::ForwardResponse> Forward(const v1::ForwardRequest& request);
+  // The same in `precision` (request.precision is replaced).
+  absl::StatusOr<v1::ForwardResponse> Forward(v1::ForwardRequest request, Precision precision);
   absl::StatusOr<v1::LayerInfo> GetLayer(const std::string& name);
   absl::StatusOr<v1::ListLayersResponse> ListLayers();
   absl::StatusOr<v1::StatsResponse> Stats(const std::string& layer = "");
@@ -74,6 +79,12 @@ class Client {
   std::unique_ptr<v1::Data::Stub> data_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
+
+// PrecisionToWire: EXACT, INT8 or BFLOAT16.
+v1::Precision PrecisionToWire(Precision precision);
+// PrecisionThatRan is the mode a response says ran; UNSPECIFIED (a server
+// that predates the precision modes) and unknown numbers read as exact.
+Precision PrecisionThatRan(const v1::ForwardResponse& response);
 
 }  // namespace qlinear
 

@@ -22,6 +22,7 @@
 #include "client/printable.h"
 #include "core/checkpoint.h"
 #include "core/flags.h"
+#include "core/precision.h"
 #include "core/half.h"
 #include "core/mlx_file.h"
 #include "core/safetensors.h"
@@ -232,10 +233,11 @@ int RunUpload(int argc, char** argv) {
 
 int RunForward(int argc, char** argv) {
   const Command cmd{"forward", "--layer NAME (--in X.safetensors|X.npy [--key x] | --random-rows R) "
-                           "[--dtype f32|f16|bf16] [--out Y.safetensors|Y.npy] [--target ADDR]"};
+                           "[--dtype f32|f16|bf16] [--precision exact|int8|bf16] "
+                           "[--out Y.safetensors|Y.npy] [--target ADDR]"};
   auto flags = Flags::Parse(argc, argv, 2,
                             With({"layer", "in", "key", "random-rows", "out", "dtype", "seed",
-                                  "output-dtype"}), {});
+                                  "output-dtype", "precision"}), {});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
   const auto layer = flags->Get("layer");
   if (!layer) return cmd.Usage("--layer is required");
@@ -249,11 +251,18 @@ int RunForward(int argc, char** argv) {
     if (!parsed) return cmd.Usage(absl::StrCat("--dtype must be f32, f16 or bf16; got '", *d, "'"));
     dtype = *parsed;
   }
+  Precision precision = Precision::kExact;
+  if (auto p = flags->Get("precision")) {
+    auto parsed = ParsePrecision(*p);
+    if (!parsed.ok()) return cmd.Usage(absl::StrCat("--", parsed.status().message()));
+    precision = *parsed;
+  }
   auto client = Connect(*flags);
   if (!client.ok()) return cmd.Usage(client.status().message());
 
   v1::ForwardRequest request;
   request.set_layer(*layer);
+  request.set_precision(PrecisionToWire(precision));
   request.set_request_id(absl::StrCat("qlinear-cli-", getpid()));
   v1::Tensor* input = request.mutable_input();
   if (*random_rows) {
@@ -303,6 +312,12 @@ int RunForward(int argc, char** argv) {
               std::string(DTypeName(yd)).c_str(), absl::StrJoin(values, " ").c_str(),
               count > values.size() ? " ..." : "");
   const v1::ServerTiming& t = response->timing();
+  const Precision ran = PrecisionThatRan(*response);
+  std::printf("precision %s%s\n", std::string(PrecisionName(ran)).c_str(),
+              ran == precision ? ""
+                               : absl::StrCat(" (", PrecisionName(precision),
+                                              " asked; this layer runs it as ", PrecisionName(ran), ")")
+                                     .c_str());
   std::printf("layer version %llu; server: queue %lld us, compute %lld us, batch of %lld rows / %lld requests\n",
               static_cast<unsigned long long>(response->layer_version()),
               static_cast<long long>(t.queue_us()), static_cast<long long>(t.compute_us()),
@@ -360,11 +375,23 @@ int RunStats(int argc, char** argv) {
                                    rows == l.rows_by_code().end() ? 0 : rows->second, " rows)"));
     }
     std::sort(codes.begin(), codes.end());
+    // OK answers by the precision that ran, in the modes' order.
+    std::vector<std::string> precisions;
+    for (Precision p : {Precision::kExact, Precision::kInt8, Precision::kBf16}) {
+      const std::string name(PrecisionName(p));
+      const auto n = l.requests_by_precision().find(name);
+      if (n == l.requests_by_precision().end()) continue;
+      const auto rows = l.rows_by_precision().find(name);
+      precisions.push_back(absl::StrCat(name, " ", n->second, " (",
+                                        rows == l.rows_by_precision().end() ? 0 : rows->second,
+                                        " rows)"));
+    }
     std::printf("%s (version %llu, %llu bytes%s): requests %s; %llu batches, mean %.1f rows\n",
                 Printable(l.name()).c_str(), static_cast<unsigned long long>(l.version()),
                 static_cast<unsigned long long>(l.bytes_held()), OriginText(l.origin()).c_str(),
                 codes.empty() ? "none" : absl::StrJoin(codes, ", ").c_str(),
                 static_cast<unsigned long long>(l.batches()), l.batch_rows().mean());
+    if (!precisions.empty()) std::printf("  OK by precision: %s\n", absl::StrJoin(precisions, ", ").c_str());
     for (const auto& [label, h] : {std::pair<const char*, const v1::Histogram*>{"queue us", &l.queue_us()},
                                    {"compute us", &l.compute_us()},
                                    {"total us", &l.total_us()}}) {

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/precision.h"
 
 namespace qlinear {
 
@@ -109,6 +110,12 @@ void ToProto(const EngineSnapshot& s, v1::StatsResponse* out) {
       const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(c));
       (*layer->mutable_requests_by_code())[name] = l.requests[c];
       (*layer->mutable_rows_by_code())[name] = l.rows[c];
+    }
+    for (int p = 0; p < kPrecisionCount; ++p) {
+      if (l.requests_by_precision[static_cast<size_t>(p)] == 0) continue;
+      const std::string name(PrecisionName(static_cast<Precision>(p)));
+      (*layer->mutable_requests_by_precision())[name] = l.requests_by_precision[static_cast<size_t>(p)];
+      (*layer->mutable_rows_by_precision())[name] = l.rows_by_precision[static_cast<size_t>(p)];
     }
     layer->set_batches(l.batches);
     ToProto(l.batch_rows, layer->mutable_batch_rows());

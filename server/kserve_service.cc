@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/names.h"
+#include "core/precision.h"
 #include "server/convert.h"
 #include "server/wire_forward.h"
 
@@ -194,6 +195,24 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
     return fail(absl::InvalidArgumentError(absl::StrCat(
         "input 'x' shape must be [-1, ", info.k, "]; got ", ShapeText(input.shape()))));
   }
+  // The optional request parameter "precision": a string, exact (the
+  // default), int8 or bf16.
+  Precision precision = Precision::kExact;
+  if (auto it = request->parameters().find("precision"); it != request->parameters().end()) {
+    const inference::InferParameter& p = it->second;
+    absl::StatusOr<Precision> parsed =
+        p.parameter_choice_case() == inference::InferParameter::kStringParam
+            ? ParsePrecision(p.string_param())
+            : absl::InvalidArgumentError("");
+    if (!parsed.ok()) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          "parameter 'precision' must be a string, exact, int8 or bf16; got ",
+          p.parameter_choice_case() == inference::InferParameter::kStringParam
+              ? QuoteForMessage(p.string_param())
+              : "another type")));
+    }
+    precision = *parsed;
+  }
   const int64_t rows = input.shape(0), k = input.shape(1);
   if (k > 0 && rows > (int64_t{1} << 40) / k) {
     return fail(absl::InvalidArgumentError(absl::StrCat(
@@ -246,6 +265,7 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   req.rows = rows;
   req.k = k;
   req.y_dtype = *dtype;
+  req.precision = precision;
   req.deadline = EngineDeadline(*context);
   req.cancelled = [context] { return context->IsCancelled(); };
   req.max_answer_bytes = options_.max_answer_bytes;
@@ -280,6 +300,7 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
           SetInt(params, "compute_us", r.compute_us);
           SetInt(params, "batch_rows", r.batch_rows);
           SetInt(params, "batch_requests", r.batch_requests);
+          (*params)["precision"].set_string_param(std::string(PrecisionName(r.precision)));
         }
         reactor->Finish(ToGrpc(r.status));
       });

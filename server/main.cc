@@ -22,6 +22,7 @@
 #include "core/kernels/qmm.h"
 #include "server/log.h"
 #include "server/server.h"
+#include "core/precision.h"
 #include "server/settings.h"
 #include "server/tls.h"
 
@@ -82,6 +83,11 @@ int Main(int argc, char** argv) {
   options.engine.max_batch_delay_us = settings->Int("max-batch-delay-us");
   options.engine.max_queue_rows = settings->Int("max-queue-rows");
   options.engine.max_memory_bytes = static_cast<uint64_t>(settings->Int("max-memory-mb")) << 20;
+  {
+    auto precisions = PrecisionSet::Parse(settings->String("precisions"));
+    if (!precisions.ok()) return Usage(precisions.status().message());  // checked by Parse
+    options.engine.precisions = *precisions;
+  }
   options.max_message_mb = static_cast<int>(settings->Int("max-message-mb"));
   const int64_t drain_timeout_s = settings->Int("drain-timeout-s");
   auto mode = ParseQuantMode(absl::AsciiStrToLower(settings->String("mode")));
@@ -161,14 +167,14 @@ int Main(int argc, char** argv) {
   if (tokens_in_clear) absl::StrAppend(&security, ", WARNING: tokens cross the network in clear");
   std::printf(
       "qlinear-server listening on %s (metrics %s): %d threads, layers %s, max_batch_rows %lld, "
-      "max_batch_delay_us %lld, max_queue_rows %lld, max_memory_mb %lld, %s; %s\n",
+      "max_batch_delay_us %lld, max_queue_rows %lld, max_memory_mb %lld, precisions %s, %s; %s\n",
       (*server)->address().c_str(),
       (*server)->metrics_port() != 0 ? (*server)->metrics_address().c_str() : "off", engine.threads(), (names.empty() ? std::string("(none)") : absl::StrJoin(names, ", ")).c_str(),
       static_cast<long long>(options.engine.max_batch_rows),
       static_cast<long long>(options.engine.max_batch_delay_us),
       static_cast<long long>(options.engine.max_queue_rows),
-      static_cast<long long>(settings->Int("max-memory-mb")), BuildInfo().c_str(),
-      security.c_str());
+      static_cast<long long>(settings->Int("max-memory-mb")),
+      options.engine.precisions.ToString().c_str(), BuildInfo().c_str(), security.c_str());
   std::fflush(stdout);
   if (tokens_in_clear) {
     Log(LogLevel::kWarning, "tokens_in_clear",
@@ -182,6 +188,7 @@ int Main(int argc, char** argv) {
        {"layers", entries.size()},
        {"simd_target", SimdTargetName(DefaultSimdTarget())},
        {"threads", engine.threads()},
+       {"precisions", options.engine.precisions.ToString()},
        {"build", BuildInfo()},
        {"admin", srv.admin_address()},
        {"security", security}});

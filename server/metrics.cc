@@ -63,6 +63,15 @@ void AddByCode(MetricFamily& f, const std::string& layer, const CodeCounts& coun
   }
 }
 
+// One series per precision, always (three at most: a bounded label set).
+void AddByPrecision(MetricFamily& f, const std::string& layer,
+                    const PrecisionCounter::Counts& counts) {
+  for (size_t p = 0; p < counts.size(); ++p) {
+    AddCounter(f, {{"layer", layer}, {"precision", std::string(PrecisionName(static_cast<Precision>(p)))}},
+               static_cast<double>(counts[p]));
+  }
+}
+
 // The engine's histogram with every bound and the sum divided by `unit`.
 void AddHistogram(MetricFamily& f, const std::string& layer, const Histogram::Snapshot& h,
                   double unit) {
@@ -136,6 +145,14 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
   MetricFamily rows =
       Family("qlinear_rows_total", "Input rows of Forward requests by layer and code",
              MetricType::Counter);
+  MetricFamily by_precision = Family(
+      "qlinear_requests_by_precision_total",
+      "Forward requests answered OK by layer and the precision that ran (exact, int8, bf16)",
+      MetricType::Counter);
+  MetricFamily rows_by_precision = Family(
+      "qlinear_rows_by_precision_total",
+      "Input rows of Forward requests answered OK by layer and the precision that ran",
+      MetricType::Counter);
   MetricFamily batches =
       Family("qlinear_batches_total", "Batches computed by layer", MetricType::Counter);
   MetricFamily batch_rows =
@@ -156,6 +173,8 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
     const std::string& name = l.info.name;
     AddByCode(requests, name, l.requests, kOk);
     AddByCode(rows, name, l.rows, kOk);
+    AddByPrecision(by_precision, name, l.requests_by_precision);
+    AddByPrecision(rows_by_precision, name, l.rows_by_precision);
     AddCounter(batches, {{"layer", name}}, static_cast<double>(l.batches));
     AddHistogram(batch_rows, name, l.batch_rows, 1);
     AddHistogram(queue, name, l.queue_us, kMicros);
@@ -200,7 +219,7 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
   AddGauge(build, {{"version", std::string(version)}, {"simd", s.simd_target}}, 1);
 
   std::vector<MetricFamily> out;
-  for (MetricFamily* f : {&requests, &rows, &batches, &batch_rows, &queue, &compute, &total,
+  for (MetricFamily* f : {&requests, &rows, &by_precision, &rows_by_precision, &batches, &batch_rows, &queue, &compute, &total,
                           &layer_bytes, &uploads, &malformed, &layers, &build}) {
     if (!f->metric.empty()) out.push_back(std::move(*f));
   }

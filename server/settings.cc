@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "core/precision.h"
 
 namespace qlinear {
 namespace {
@@ -69,9 +70,18 @@ absl::Status Check(const SettingSpec& spec, const std::string& value, const std:
     }
     case Type::kString:
     case Type::kList:
-      return absl::OkStatus();
+      break;
+  }
+  if (spec.validate != nullptr) {
+    if (absl::Status s = spec.validate(value); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", s.message()));
+    }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidatePrecisions(const std::string& value) {
+  return PrecisionSet::Parse(value).status();
 }
 
 std::string Default(const SettingSpec& spec) {
@@ -132,6 +142,10 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
        "keep every uploaded layer in DIR (synced before the upload answers) and serve them "
        "again at the next start; with neither --model nor --state-dir the server serves "
        "layer 'demo' (4096x4096, affine b4 g64, seeded random float16 weights)"},
+      {"precisions", Type::kString, "LIST", "exact,int8,bf16", 0, 0, "exact|int8|bf16",
+       "the precisions a Forward may ask for, comma-separated; a request for another is "
+       "INVALID_ARGUMENT naming these",
+       nullptr, ValidatePrecisions},
       {"simd", Type::kChoice, "T", "best", 0, 0, "best|avx512|avx2|portable",
        "the best kernel target to use: the CPU's best, or a lower one"},
       {"metrics-listen", Type::kAddress, "HOST:PORT", "127.0.0.1:9464", 0, 0, "",
@@ -289,6 +303,9 @@ std::string HelpText() {
     std::string flag = FlagWithValue(s);
     std::string help = s.help;
     if (s.type == Type::kChoice) absl::StrAppend(&help, " (", s.choices, ")");
+    if (s.type == Type::kString && *s.choices != '\0') {
+      absl::StrAppend(&help, " (of ", absl::StrReplaceAll(s.choices, {{"|", ","}}), ")");
+    }
     absl::StrAppend(&help, "; default ", DefaultInWords(s), "; env ", EnvName(s));
     absl::StrAppend(&text, "  ", flag, std::string(flag.size() < 26 ? 26 - flag.size() : 1, ' '),
                     help, "\n");
@@ -321,7 +338,9 @@ std::string FlagsMarkdown() {
         allowed = "repeatable";
         break;
       case Type::kString:
-        allowed = "text";
+        allowed = *s.choices != '\0'
+                      ? absl::StrCat("comma-separated, of ", absl::StrReplaceAll(s.choices, {{"|", ", "}}))
+                      : "text";
         break;
     }
     absl::StrAppend(&text, "| `", FlagWithValue(s), "` | `", EnvName(s), "` | ", DefaultInWords(s),

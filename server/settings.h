@@ -37,10 +37,13 @@ struct SettingSpec {
   const char* fallback; // the default as text; "" = unset
   int64_t min = 0;      // kInt: the allowed range
   int64_t max = 0;
-  const char* choices = "";  // kChoice: '|'-separated
+  const char* choices = "";  // kChoice: '|'-separated; kString: the items of a list, if any
   const char* help = "";
   // A default computed at start (`fallback` then describes it in words).
   int64_t (*computed)() = nullptr;
+  // A check of the value beyond its type (e.g. --precisions' list), whose
+  // message Parse prefixes with the flag or variable.
+  absl::Status (*validate)(const std::string& value) = nullptr;
 };
 
 // ServerSettingSpecs is the table, in --help order.

@@ -15,10 +15,8 @@ constexpr int64_t kMaxElements = int64_t{1} << 40;
 
 absl::Status Validate(const ForwardLimits& limits, ParsedForward* out) {
   const v1::ForwardRequest& m = out->message;
-  if (m.precision() != v1::PRECISION_UNSPECIFIED && m.precision() != v1::EXACT) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "precision must be EXACT (the only mode so far); got ", WireEnumName(m.precision())));
-  }
+  auto precision = PrecisionFromProto(m.precision());
+  if (!precision.ok()) return precision.status();
   if (absl::Status s = ValidateLayerName(m.layer()); !s.ok()) return s;
   const v1::Tensor& input = m.input();
   auto x_dtype = FloatDTypeFromProto(input.dtype(), "input dtype");
@@ -64,6 +62,7 @@ absl::Status Validate(const ForwardLimits& limits, ParsedForward* out) {
   r.rows = rows;
   r.k = k;
   r.y_dtype = y_dtype;
+  r.precision = *precision;
   r.max_answer_bytes = limits.max_answer_bytes;
   r.answer_overhead_bytes = AnswerOverheadBytes(m);
   return absl::OkStatus();
@@ -83,11 +82,40 @@ std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
                       shape.size(), " dimensions)]");
 }
 
+absl::StatusOr<Precision> PrecisionFromProto(v1::Precision precision) {
+  switch (precision) {
+    case v1::PRECISION_UNSPECIFIED:
+    case v1::EXACT:
+      return Precision::kExact;
+    case v1::INT8:
+      return Precision::kInt8;
+    case v1::BFLOAT16:
+      return Precision::kBf16;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "precision must be EXACT, INT8 or BFLOAT16 (or unset: EXACT); got ", WireEnumName(precision)));
+}
+
+v1::Precision PrecisionToProto(Precision precision) {
+  switch (precision) {
+    case Precision::kInt8:
+      return v1::INT8;
+    case Precision::kBf16:
+      return v1::BFLOAT16;
+    case Precision::kExact:
+      break;
+  }
+  return v1::EXACT;
+}
+
 uint64_t AnswerOverheadBytes(const v1::ForwardRequest& request) {
   // Varints are at most 10 bytes; tags and lengths of the nested messages
-  // and fields fit in 64; each shape dimension takes at most 10.
+  // and fields fit in 64; each shape dimension takes at most 10; the
+  // precision's tag and value 2.
   return 64 + 10 * static_cast<uint64_t>(request.input().shape_size()) +
-         request.request_id().size() + 8 * 10;
+         request.request_id().size() + 8 * 10 + 2;
 }
 
 absl::Status ParseForward(absl::string_view bytes, const ForwardLimits& limits,
@@ -124,6 +152,7 @@ void BuildForwardResponse(const ParsedForward& parsed, const Engine::ForwardResu
   out->set_data(reinterpret_cast<const char*>(r.y.data()), r.y.size());
   response->set_layer_version(r.version);
   response->set_request_id(parsed.message.request_id());
+  response->set_precision(PrecisionToProto(r.precision));
   v1::ServerTiming* t = response->mutable_timing();
   t->set_queue_us(r.queue_us);
   t->set_compute_us(r.compute_us);

@@ -21,8 +21,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/engine/engine.h"
+#include "core/precision.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "qlinear/v1/qlinear.pb.h"
 
@@ -51,7 +53,9 @@ struct ParsedForward {
 // out->request (deadline and cancellation are the caller's to set).
 // INVALID_ARGUMENT, with a message, for: bytes that do not parse
 // (out->parsed false; the caller counts it with Engine::RecordMalformed);
-// a precision other than EXACT; a layer name outside core/names.h's rule;
+// a precision other than UNSPECIFIED, EXACT, INT8 or BFLOAT16 (by number,
+// "got 99"; whether the server enables it is Engine::Submit's to say); a
+// layer name outside core/names.h's rule;
 // an input or output dtype other than F32/F16/BF16 (unknown numbers are
 // reported by number, "got 77"); a shape with no dimension, a negative
 // dimension ("dimension 1 is negative") or more than 2^40 elements; data
@@ -62,11 +66,19 @@ absl::Status ParseForward(absl::string_view bytes, const ForwardLimits& limits,
 absl::Status ParseForward(grpc::ByteBuffer* bytes, const ForwardLimits& limits,
                           ParsedForward* out);
 
+// PrecisionFromProto: UNSPECIFIED and EXACT are kExact, INT8 kInt8, BFLOAT16
+// kBf16; another number INVALID_ARGUMENT "precision must be EXACT, INT8 or
+// BFLOAT16 (or unset: EXACT); got 99".
+absl::StatusOr<Precision> PrecisionFromProto(v1::Precision precision);
+// PrecisionToProto: EXACT, INT8 or BFLOAT16 (never UNSPECIFIED).
+v1::Precision PrecisionToProto(Precision precision);
+
 // AnswerOverheadBytes bounds the serialized response's bytes besides the
 // output data (shape, dtype, version, echoed request id, timing, tags).
 uint64_t AnswerOverheadBytes(const v1::ForwardRequest& request);
 
-// BuildForwardResponse fills `out` from an OK engine result.
+// BuildForwardResponse fills `out` from an OK engine result (precision:
+// the mode that ran).
 void BuildForwardResponse(const ParsedForward& parsed, const Engine::ForwardResult& result,
                           v1::ForwardResponse* out);
 

@@ -31,6 +31,7 @@ struct Task {
   Engine::ForwardRequest request;
   Engine::Done done;
   LayerRegistry::Entry entry;  // the version pinned at admission
+  Precision precision = Precision::kExact;  // the effective one, for `entry`
   Engine::Clock::time_point enqueued;
   int64_t next_row = 0;  // rows handed to batches so far
   int64_t rows_done = 0;
@@ -92,8 +93,9 @@ void Engine::Impl::Finish(const std::shared_ptr<Task>& task, absl::Status status
   r.version = task->entry.layer->info().version;
   r.stats = task->entry.stats;
   if (r.queue_us == 0 && task->next_row == 0) r.queue_us = MicrosBetween(task->enqueued, now);
+  r.precision = task->precision;
   LayerStats& stats = *task->entry.stats;
-  stats.RecordRequest(r.status.code(), task->request.rows);
+  stats.RecordRequest(r.status.code(), task->request.rows, task->precision);
   stats.queue_us.Record(static_cast<double>(r.queue_us));
   if (r.status.ok()) stats.compute_us.Record(static_cast<double>(r.compute_us));
   stats.total_us.Record(static_cast<double>(MicrosBetween(task->enqueued, now)));
@@ -162,10 +164,21 @@ void Engine::Impl::Run() {
       auto& queue = queues[name];
       // Optionally wait for a fuller batch (never while draining).
       if (opt.max_batch_delay_us > 0 && !draining) {
+        // The rows the next batch could take: the queue's head run of one
+        // version and precision. Once a request of another follows it, no
+        // later one can join (FIFO), so there is nothing to wait for.
         int64_t rows = 0;
-        for (const auto& t : queue) rows += t->request.rows - t->next_row;
+        bool closed = false;
+        for (const auto& t : queue) {
+          if (t->entry.layer != queue.front()->entry.layer ||
+              t->precision != queue.front()->precision) {
+            closed = true;
+            break;
+          }
+          rows += t->request.rows - t->next_row;
+        }
         const auto until = queue.front()->enqueued + std::chrono::microseconds(opt.max_batch_delay_us);
-        if (rows < opt.max_batch_rows && Clock::now() < until) {
+        if (!closed && rows < opt.max_batch_rows && Clock::now() < until) {
           turns.push_front(name);
           work_cv.wait_until(lock, until);
           continue;
@@ -173,6 +186,7 @@ void Engine::Impl::Run() {
       }
       const auto now = Clock::now();
       const Layer* layer = nullptr;
+      Precision precision = Precision::kExact;
       while (!queue.empty() && batch_rows < opt.max_batch_rows) {
         std::shared_ptr<Task> task = queue.front();
         if (task->next_row == 0) {
@@ -190,9 +204,12 @@ void Engine::Impl::Run() {
             continue;
           }
         }
-        // One batch runs one version of the layer.
-        if (layer == nullptr) layer = task->entry.layer.get();
-        if (task->entry.layer.get() != layer) break;
+        // One batch runs one version of the layer in one precision.
+        if (layer == nullptr) {
+          layer = task->entry.layer.get();
+          precision = task->precision;
+        }
+        if (task->entry.layer.get() != layer || task->precision != precision) break;
         const int64_t take = std::min(task->request.rows - task->next_row,
                                       opt.max_batch_rows - batch_rows);
         if (task->next_row == 0) task->result.queue_us = MicrosBetween(task->enqueued, now);
@@ -215,6 +232,7 @@ void Engine::Impl::Run() {
     }
     if (!batch.empty()) {
       const Layer& layer = *batch.front().task->entry.layer;
+      const Precision precision = batch.front().task->precision;
       const int64_t k = layer.info().k;
       const int64_t n = layer.info().n;
       // Gather every slice's rows as float32 (exact), whatever its dtype.
@@ -237,6 +255,7 @@ void Engine::Impl::Run() {
       const auto start = Clock::now();
       MatmulOptions mo;
       mo.arena = &arena;
+      mo.precision = precision;
       QuantizedMatmul(layer.packed(), DType::kF32, x_batch.data(), batch_rows, layer.bias(),
                       DType::kF32, y_batch.data(), mo);
       const int64_t compute_us = MicrosBetween(start, Clock::now());
@@ -358,6 +377,11 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
     stats->RecordRequest(status.code(), rows);
     return status;
   };
+  if (!options_.precisions.contains(request.precision)) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "precision ", PrecisionName(request.precision), " is not enabled on this server (--precisions ",
+        options_.precisions.ToString(), ")")));
+  }
   if (!IsFloatDType(request.x_dtype) || !IsFloatDType(request.y_dtype)) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
         "input and output dtypes must be F32, F16 or BF16; got ", DTypeName(request.x_dtype),
@@ -389,6 +413,7 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
   }
   auto task = std::make_shared<Task>();
   task->entry = *entry;
+  task->precision = EffectivePrecision(info.params, request.precision);
   task->done = std::move(done);
   task->enqueued = Clock::now();
   {
@@ -415,7 +440,7 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
 
 void Engine::RecordUndelivered(const ForwardResult& result, int64_t rows, absl::StatusCode code) {
   if (result.stats == nullptr || result.status.code() == code) return;
-  result.stats->Reclassify(result.status.code(), code, rows);
+  result.stats->Reclassify(result.status.code(), code, rows, result.precision);
 }
 
 void Engine::RecordMalformed(absl::string_view rpc) {

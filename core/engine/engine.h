@@ -9,9 +9,13 @@
 // request larger than that across batches), optionally waiting up to
 // max_batch_delay_us for more, and runs them as one matrix product on all
 // threads. Because the kernels are batch-invariant, a row's result is the
-// same bits whoever it shares a batch with.
+// same bits whoever it shares a batch with. One batch runs one version of
+// the layer in one precision (the effective one, core/precision.h): it
+// takes queued requests in FIFO order and stops at the first of another
+// version or precision, which starts the layer's next batch.
 //
-// Admission: Submit refuses with RESOURCE_EXHAUSTED when the queued rows
+// Admission: Submit refuses with INVALID_ARGUMENT a precision outside
+// Options::precisions, with RESOURCE_EXHAUSTED when the queued rows
 // would exceed max_queue_rows, and with UNAVAILABLE while draining. Requests
 // whose deadline passes or that are cancelled while queued are answered
 // DEADLINE_EXCEEDED / CANCELLED without compute.
@@ -36,6 +40,7 @@
 #include "core/engine/catalog.h"
 #include "core/engine/snapshot.h"
 #include "core/engine/stats.h"
+#include "core/precision.h"
 
 namespace qlinear {
 
@@ -54,6 +59,8 @@ class Engine {
     int64_t max_queue_rows = 8192;
     // Bytes all layers may hold; 0 = unlimited.
     uint64_t max_memory_bytes = 0;
+    // The precisions a request may ask for (--precisions).
+    PrecisionSet precisions = PrecisionSet::All();
   };
 
   struct ForwardRequest {
@@ -63,6 +70,8 @@ class Engine {
     int64_t rows = 0;
     int64_t k = 0;
     DType y_dtype = DType::kF32;
+    // The mode asked for; what runs is EffectivePrecision(layer, precision).
+    Precision precision = Precision::kExact;
     Clock::time_point deadline = Clock::time_point::max();
     std::function<bool()> cancelled;  // optional; polled while queued
     // The largest answer the caller can deliver (0: no limit): Submit
@@ -78,6 +87,9 @@ class Engine {
     std::vector<uint8_t> y;  // [rows, n] of y_dtype when OK
     int64_t n = 0;
     uint64_t version = 0;
+    // The mode that ran (or would have): EffectivePrecision of the pinned
+    // layer version and the request's precision.
+    Precision precision = Precision::kExact;
     int64_t queue_us = 0;
     int64_t compute_us = 0;
     int64_t batch_rows = 0;      // largest batch this request rode in
@@ -100,8 +112,8 @@ class Engine {
 
   // Submit queues a forward pass. On OK, `done` runs exactly once, later, on
   // the dispatcher thread (keep it short: copy out and finish). Otherwise it
-  // never runs: NOT_FOUND (unknown layer), INVALID_ARGUMENT (dtype, K or row
-  // count), RESOURCE_EXHAUSTED (queue full, or the answer would exceed
+  // never runs: NOT_FOUND (unknown layer), INVALID_ARGUMENT (a precision not
+  // in options().precisions, dtype, K or row count), RESOURCE_EXHAUSTED (queue full, or the answer would exceed
   // request.max_answer_bytes), UNAVAILABLE (draining).
   absl::Status Submit(ForwardRequest request, Done done);
 

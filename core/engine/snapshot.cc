@@ -15,6 +15,8 @@ LayerSnapshot ReadLayer(const LayerRegistry::Entry& entry) {
   const LayerStats& st = *entry.stats;
   out.requests = st.requests().Read();
   out.rows = st.rows().Read();
+  out.requests_by_precision = st.requests_by_precision().Read();
+  out.rows_by_precision = st.rows_by_precision().Read();
   out.batches = st.batches();
   out.batch_rows = st.batch_rows.Read();
   out.queue_us = st.queue_us.Read();

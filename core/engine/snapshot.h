@@ -44,6 +44,10 @@ struct LayerSnapshot {
   // Stats belong to the name: they survive a replace and go with Unload.
   CodeCounts requests{};
   CodeCounts rows{};
+  // OK requests (and their rows) by the mode that ran, indexed by
+  // Precision's value; they sum to requests[OK] / rows[OK].
+  PrecisionCounter::Counts requests_by_precision{};
+  PrecisionCounter::Counts rows_by_precision{};
   uint64_t batches = 0;
   Histogram::Snapshot batch_rows;  // rows per batch
   Histogram::Snapshot queue_us;    // admission to the first batch (or to the answer)

@@ -88,17 +88,36 @@ CodeCounter::Counts CodeCounter::Read() const {
   return out;
 }
 
-void LayerStats::RecordRequest(absl::StatusCode code, int64_t rows) {
-  requests_.Add(code);
-  rows_.Add(code, static_cast<uint64_t>(std::max<int64_t>(rows, 0)));
+PrecisionCounter::Counts PrecisionCounter::Read() const {
+  Counts out{};
+  for (size_t p = 0; p < out.size(); ++p) out[p] = counts_[p].load(std::memory_order_relaxed);
+  return out;
 }
 
-void LayerStats::Reclassify(absl::StatusCode from, absl::StatusCode to, int64_t rows) {
+void LayerStats::RecordRequest(absl::StatusCode code, int64_t rows, Precision ran) {
+  const uint64_t n = static_cast<uint64_t>(std::max<int64_t>(rows, 0));
+  requests_.Add(code);
+  rows_.Add(code, n);
+  if (code == absl::StatusCode::kOk) {
+    requests_by_precision_.Add(ran);
+    rows_by_precision_.Add(ran, n);
+  }
+}
+
+void LayerStats::Reclassify(absl::StatusCode from, absl::StatusCode to, int64_t rows,
+                            Precision ran) {
   const uint64_t n = static_cast<uint64_t>(std::max<int64_t>(rows, 0));
   requests_.Sub(from);
   rows_.Sub(from, n);
   requests_.Add(to);
   rows_.Add(to, n);
+  if (from == absl::StatusCode::kOk && to != absl::StatusCode::kOk) {
+    requests_by_precision_.Sub(ran);
+    rows_by_precision_.Sub(ran, n);
+  } else if (from != absl::StatusCode::kOk && to == absl::StatusCode::kOk) {
+    requests_by_precision_.Add(ran);
+    rows_by_precision_.Add(ran, n);
+  }
 }
 
 }  // namespace qlinear

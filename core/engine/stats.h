@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/precision.h"
 
 namespace qlinear {
 
@@ -75,15 +76,39 @@ class CodeCounter {
   std::array<std::atomic<uint64_t>, kCodes> counts_{};
 };
 
+// PrecisionCounter: amounts by Precision (the mode that ran), lock-free.
+class PrecisionCounter {
+ public:
+  using Counts = std::array<uint64_t, kPrecisionCount>;  // indexed by the enum's value
+
+  void Add(Precision p, uint64_t n = 1) {
+    counts_[Index(p)].fetch_add(n, std::memory_order_relaxed);
+  }
+  void Sub(Precision p, uint64_t n = 1) {
+    counts_[Index(p)].fetch_sub(n, std::memory_order_relaxed);
+  }
+  uint64_t Get(Precision p) const { return counts_[Index(p)].load(std::memory_order_relaxed); }
+  Counts Read() const;
+
+ private:
+  static size_t Index(Precision p) { return static_cast<size_t>(p); }
+  std::array<std::atomic<uint64_t>, kPrecisionCount> counts_{};
+};
+
 // LayerStats: what one layer (by name) has served.
 class LayerStats {
  public:
   LayerStats();
 
-  void RecordRequest(absl::StatusCode code, int64_t rows);
+  // RecordRequest counts one answered request under `code`, and, when it
+  // is OK, under `ran` (the mode that computed it).
+  void RecordRequest(absl::StatusCode code, int64_t rows, Precision ran = Precision::kExact);
   // Reclassify moves one request of `rows` rows counted under `from` to
-  // `to` (an answer that was counted, then failed to leave).
-  void Reclassify(absl::StatusCode from, absl::StatusCode to, int64_t rows);
+  // `to` (an answer that was counted, then failed to leave); moved out of
+  // OK, it leaves `ran`'s count too, so the per-precision counts always sum
+  // to the OK ones.
+  void Reclassify(absl::StatusCode from, absl::StatusCode to, int64_t rows,
+                  Precision ran = Precision::kExact);
   void RecordBatch(int64_t rows) {
     batches_.fetch_add(1, std::memory_order_relaxed);
     batch_rows.Record(static_cast<double>(rows));
@@ -93,6 +118,9 @@ class LayerStats {
   uint64_t rows(absl::StatusCode code) const { return rows_.Get(code); }
   const CodeCounter& requests() const { return requests_; }
   const CodeCounter& rows() const { return rows_; }
+  // OK requests (and their rows) by the mode that ran.
+  const PrecisionCounter& requests_by_precision() const { return requests_by_precision_; }
+  const PrecisionCounter& rows_by_precision() const { return rows_by_precision_; }
   uint64_t batches() const { return batches_.load(std::memory_order_relaxed); }
 
   Histogram batch_rows;
@@ -105,6 +133,8 @@ class LayerStats {
  private:
   CodeCounter requests_;
   CodeCounter rows_;
+  PrecisionCounter requests_by_precision_;
+  PrecisionCounter rows_by_precision_;
   std::atomic<uint64_t> batches_{0};
 };
 

@@ -19,6 +19,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "client/npy.h"
 #include "nlohmann/json.hpp"
@@ -361,6 +362,52 @@ TEST_F(CliTest, ServerCommandsEndToEnd) {
   r = Run("health" + t + " --timeout-s 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("unreachable"));
+}
+
+// Issue 16: forward --precision prints the mode that ran, bench --precision
+// reports it, stats counts OK answers by precision; a server's
+// --precisions refuses the others, naming them.
+TEST_F(CliTest, PrecisionOnForwardBenchAndStats) {
+  ServerProcess server(QLINEAR_SERVER_BINARY, {"--threads", "2"});
+  ASSERT_TRUE(server.started());
+  ASSERT_TRUE(server.WaitServing());
+  const std::string t = " --target " + server.target();
+  RunResult r = Run("forward" + t + " --layer demo --random-rows 2 --precision int8");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nprecision int8\n"));
+  r = Run("forward" + t + " --layer demo --random-rows 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nprecision exact\n"));
+  r = Run("forward" + t + " --layer demo --random-rows 1 --precision fast");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--precision must be exact, int8 or bf16; got 'fast'"));
+
+  r = Run("bench" + t + " --layer demo --precision bf16 --concurrency 2 --requests 6 --warmup 0 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["precision"], "bf16");
+  EXPECT_EQ(j["precision_ran"], "bf16");
+  const uint64_t bench_total = j["requests_total"].get<uint64_t>();
+  EXPECT_GE(bench_total, 6u);
+
+  r = Run("stats" + t + " --layer demo");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("OK by precision: exact 1 (1 rows), int8 1 (2 rows), bf16 ",
+                                            bench_total, " (", bench_total, " rows)")));
+  r = Run("stats" + t + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"requests_by_precision\""));
+  EXPECT_EQ(server.Stop(SIGTERM), 0);
+
+  ServerProcess exact(QLINEAR_SERVER_BINARY, {"--threads", "2", "--precisions", "exact"});
+  ASSERT_TRUE(exact.started());
+  ASSERT_TRUE(exact.WaitServing());
+  r = Run("forward --target " + exact.target() + " --layer demo --random-rows 1 --precision int8");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(r.err, HasSubstr("precision int8 is not enabled on this server (--precisions exact)"));
+  EXPECT_EQ(exact.Stop(SIGTERM), 0);
 }
 
 // qlinear bench against a real server: the JSON report has every field, and

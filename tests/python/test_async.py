@@ -46,6 +46,9 @@ def test_async_errors_and_methods(server):
             assert (await ac.get("async2")).version == info.version
             y = await ac.forward("async2", np.ones((2, 64), np.float16))
             assert y.dtype == np.float16 and y.shape == (2, 16)
+            y8, info = await ac.forward("async2", np.ones((2, 64), np.float16), precision="int8",
+                                        return_info=True)
+            assert info.precision == "int8" and y8.shape == (2, 16)
             st = await ac.stats("async2")
             assert st["layers"][0]["name"] == "async2"
             await ac.unload("async2")

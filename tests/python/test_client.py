@@ -265,3 +265,83 @@ def test_the_in_place_decoder_reads_what_protobuf_reads():
         _common.decode_forward(pb.ForwardResponse(output=pb.Tensor(dtype=pb.F32, shape=[2],
                                                                     data=b"1234")).SerializeToString())
     assert e.value.code == grpc.StatusCode.INTERNAL
+
+
+def test_precision_modes_answer_with_the_mode_that_ran(client, small):
+    """Issue 16: precision="exact"/"int8"/"bf16" (or the enum) selects the
+    mode; return_info=True says which ran; the default call still returns
+    the array alone, exact; stats count OK answers by the mode that ran."""
+    from qlinear.v1 import qlinear_pb2 as pb
+    x = np.random.default_rng(5).standard_normal((3, 128)).astype(np.float32)
+    exact = client.forward("small", x)
+    assert isinstance(exact, np.ndarray)
+    answers = {}
+    for name, enum in (("exact", pb.EXACT), ("int8", pb.INT8), ("bf16", pb.BFLOAT16)):
+        y, info = client.forward("small", x, precision=name, return_info=True, request_id="p-" + name)
+        assert isinstance(info, qlinear.ForwardInfo)
+        assert (info.precision, info.layer_version, info.request_id) == (name, small.version, "p-" + name)
+        # The enum, and any case, ask for the same mode: the same bits.
+        y2, info2 = client.forward("small", x, precision=enum, return_info=True)
+        assert info2.precision == name
+        assert np.array_equal(y.view(np.uint32), y2.view(np.uint32))
+        assert np.array_equal(client.forward("small", x, precision=name.upper()).view(np.uint32),
+                              y.view(np.uint32))
+        answers[name] = y
+    assert np.array_equal(answers["exact"].view(np.uint32), exact.view(np.uint32))
+    assert not np.array_equal(answers["int8"], exact)  # int8 really ran
+    assert not np.array_equal(answers["bf16"], exact)
+    # Close to exact all the same (docs/formats.md bounds them precisely).
+    assert normalised_error(answers["int8"].astype(np.float64), exact.astype(np.float64)) < 0.05
+    assert normalised_error(answers["bf16"].astype(np.float64), exact.astype(np.float64)) < 0.05
+    s = client.stats("small")["layers"][0]
+    assert s["requests_by_precision"] == {"exact": "4", "int8": "3", "bf16": "3"}
+    assert s["rows_by_precision"] == {"exact": "12", "int8": "9", "bf16": "9"}
+    for bad in ("fast", 99, True, 1.5):
+        with pytest.raises(qlinear.Error) as e:
+            client.forward("small", x, precision=bad)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'exact', 'int8' or 'bf16'" in e.value.message
+
+
+def test_int8_of_an_mxfp8_layer_runs_bf16(client):
+    w = np.random.default_rng(8).standard_normal((32, 128)).astype(np.float32) * 0.05
+    client.quantize("mx8", w, mode="mxfp8", replace=True)
+    try:
+        x = np.random.default_rng(9).standard_normal((2, 128)).astype(np.float32)
+        y, info = client.forward("mx8", x, precision="int8", return_info=True)
+        assert info.precision == "bf16"
+        assert np.array_equal(y.view(np.uint32), client.forward("mx8", x, precision="bf16").view(np.uint32))
+    finally:
+        client.unload("mx8")
+
+
+def test_a_server_refuses_precisions_it_does_not_allow():
+    from conftest import Server
+    s = Server("--precisions", "exact,bf16")
+    try:
+        with qlinear.Client(s.target) as c:
+            x = np.ones((1, 4096), np.float32)
+            with pytest.raises(qlinear.Error) as e:
+                c.forward("demo", x, precision="int8")
+            assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.message == "precision int8 is not enabled on this server (--precisions exact,bf16)"
+            assert c.forward("demo", x, precision="bf16", return_info=True)[1].precision == "bf16"
+            layer = c.stats("demo")["layers"][0]
+            assert layer["requests_by_code"] == {"INVALID_ARGUMENT": "1", "OK": "1"}
+            assert layer["requests_by_precision"] == {"bf16": "1"}
+    finally:
+        s.stop()
+
+
+def test_the_in_place_decoder_reads_precision_and_version():
+    from qlinear import _common
+    from qlinear.v1 import qlinear_pb2 as pb
+    y = np.arange(4, dtype="<f4").reshape(2, 2)
+    for wire, name in ((pb.EXACT, "exact"), (pb.INT8, "int8"), (pb.BFLOAT16, "bf16"),
+                       (pb.PRECISION_UNSPECIFIED, "exact")):
+        m = pb.ForwardResponse(output=pb.Tensor(dtype=pb.F32, shape=[2, 2], data=y.tobytes()),
+                               layer_version=300, request_id="rid", precision=wire,
+                               timing=pb.ServerTiming(queue_us=5))
+        got, info = _common.decode_forward(m.SerializeToString(), True)
+        assert np.array_equal(got, y)
+        assert info == qlinear.ForwardInfo(name, 300, "rid")

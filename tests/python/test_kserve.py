@@ -149,6 +149,34 @@ def test_infer_errors(stub, model):
         assert words in e.value.details(), (words, e.value.details())
 
 
+def test_infer_precision_parameter(stub, model, client):
+    """Issue 16: the request parameter "precision" (exact, int8, bf16)
+    selects the mode; the response's parameter says which ran; the answer
+    is Forward's in that mode bit for bit; anything else is
+    INVALID_ARGUMENT naming the accepted values."""
+    pb, s = stub
+    x = np.random.default_rng(10).standard_normal((4, 128)).astype(np.float32)
+    r = s.ModelInfer(infer(pb, "v2", x, "FP32"))
+    assert r.parameters["precision"].string_param == "exact"
+    for name in ("exact", "int8", "bf16"):
+        req = infer(pb, "v2", x, "FP32")
+        req.parameters["precision"].string_param = name
+        r = s.ModelInfer(req)
+        assert r.parameters["precision"].string_param == name
+        want = client.forward("v2", x, precision=name)
+        assert np.array_equal(raw_output(pb, r, "<f4").view(np.uint32), want.view(np.uint32)), name
+    for bad in ("fast", "INT8", None):
+        req = infer(pb, "v2", x, "FP32")
+        if bad is None:
+            req.parameters["precision"].int64_param = 2
+        else:
+            req.parameters["precision"].string_param = bad
+        with pytest.raises(grpc.RpcError) as e:
+            s.ModelInfer(req)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "parameter 'precision' must be a string, exact, int8 or bf16" in e.value.details()
+
+
 def test_infer_shares_batches_with_forward_rows(stub, model, server):
     # ModelInfer goes through the same engine: concurrent v2 calls batch.
     pb, s = stub

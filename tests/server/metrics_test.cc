@@ -33,6 +33,10 @@ EngineSnapshot OneLayer(const std::string& name) {
   l.rows[Code(absl::StatusCode::kOk)] = 9;
   l.requests[Code(absl::StatusCode::kDeadlineExceeded)] = 1;
   l.rows[Code(absl::StatusCode::kDeadlineExceeded)] = 3;
+  l.requests_by_precision[static_cast<size_t>(Precision::kExact)] = 3;
+  l.rows_by_precision[static_cast<size_t>(Precision::kExact)] = 5;
+  l.requests_by_precision[static_cast<size_t>(Precision::kInt8)] = 1;
+  l.rows_by_precision[static_cast<size_t>(Precision::kInt8)] = 4;
   l.batches = 3;
   l.batch_rows = Micros();
   l.queue_us = l.compute_us = l.total_us = Micros();
@@ -56,6 +60,12 @@ TEST(MetricsTest, RendersNamesLabelsAndSeconds) {
            "qlinear_rows_total{layer=\"a\",code=\"DEADLINE_EXCEEDED\"} 3",
            "qlinear_rows_total{layer=\"(not loaded)\",code=\"NOT_FOUND\"} 8",
            "qlinear_batches_total{layer=\"a\"} 3",
+           "# TYPE qlinear_requests_by_precision_total counter",
+           "qlinear_requests_by_precision_total{layer=\"a\",precision=\"exact\"} 3",
+           "qlinear_requests_by_precision_total{layer=\"a\",precision=\"int8\"} 1",
+           "qlinear_requests_by_precision_total{layer=\"a\",precision=\"bf16\"} 0",
+           "qlinear_rows_by_precision_total{layer=\"a\",precision=\"exact\"} 5",
+           "qlinear_rows_by_precision_total{layer=\"a\",precision=\"int8\"} 4",
            "# TYPE qlinear_queue_wait_seconds histogram",
            "qlinear_queue_wait_seconds_bucket{layer=\"a\",le=\"1e-06\"} 1",
            "qlinear_queue_wait_seconds_bucket{layer=\"a\",le=\"2e-06\"} 1",
@@ -104,6 +114,8 @@ TEST(MetricsTest, SeriesPerLayerIsFixed) {
   LayerSnapshot& l = one.layers[0];
   l.requests = {};
   l.rows = {};
+  l.requests_by_precision = {};
+  l.rows_by_precision = {};
   const LayerStats fresh;  // the engine's real bucket bounds
   l.batch_rows = fresh.batch_rows.Read();
   l.queue_us = fresh.queue_us.Read();
@@ -118,9 +130,10 @@ TEST(MetricsTest, SeriesPerLayerIsFixed) {
     }
     return series;
   };
-  // requests and rows (OK), batches, bytes: 4; batch rows 17 bounds + Inf
-  // + sum + count: 20; three latency histograms of 25 bounds: 3 x 28.
-  EXPECT_EQ(count(one) - count(none), 4u + 20u + 3u * 28u);
+  // requests and rows (OK), batches, bytes: 4; requests and rows by
+  // precision: 2 x 3; batch rows 17 bounds + Inf + sum + count: 20; three
+  // latency histograms of 25 bounds: 3 x 28.
+  EXPECT_EQ(count(one) - count(none), 4u + 6u + 20u + 3u * 28u);
 }
 
 }  // namespace

@@ -376,6 +376,85 @@ TEST_F(ServerTest, ErrorsMapToPreciseCodes) {
 
 // A request whose deadline passes while it waits in the queue is dropped
 // without compute and counted DEADLINE_EXCEEDED.
+// Issue 16 through the wire: each precision answers with the mode that ran,
+// bit for bit the kernel's product on the served layer in that mode; INT8
+// on mxfp8 answers BFLOAT16; Stats count by the mode that ran; a number
+// outside the enum is refused by number.
+TEST_F(ServerTest, PrecisionModesEndToEnd) {
+  StartServer();
+  ASSERT_TRUE(Upload("l", 64, 256, 6).ok());
+  v1::QuantizeHeader mx = Header("mx", 32, 256);
+  mx.mutable_spec()->set_mode(v1::MXFP8);
+  const std::vector<float> w = RandomFloats(32 * 256, 7, 0.05f);
+  ASSERT_TRUE(client_->Quantize(mx, Span(w), {}).ok());
+  const std::vector<float> x = RandomFloats(3 * 256, 8);
+  auto reference = [&](const std::string& name, Precision p) {
+    auto entry = server_->engine().catalog().Get(name);
+    EXPECT_TRUE(entry.ok());
+    const Layer& layer = *entry->layer;
+    std::vector<float> y(static_cast<size_t>(3 * layer.info().n));
+    MatmulOptions mo;
+    mo.precision = p;
+    QuantizedMatmul(layer.packed(), DType::kF32, x.data(), 3, layer.bias(), DType::kF32, y.data(), mo);
+    return std::string(reinterpret_cast<const char*>(y.data()), y.size() * 4);
+  };
+  for (const auto& [p, wire] : {std::pair{Precision::kExact, v1::EXACT},
+                                std::pair{Precision::kInt8, v1::INT8},
+                                std::pair{Precision::kBf16, v1::BFLOAT16}}) {
+    auto r = client_->Forward(ForwardF32("l", x, 3, 256), p);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->precision(), wire);
+    EXPECT_EQ(PrecisionThatRan(*r), p);
+    EXPECT_EQ(r->output().data(), reference("l", p)) << PrecisionName(p);
+  }
+  // Unset is exact, and says so.
+  auto unset = client_->Forward(ForwardF32("l", x, 3, 256));
+  ASSERT_TRUE(unset.ok());
+  EXPECT_EQ(unset->precision(), v1::EXACT);
+  auto mx_int8 = client_->Forward(ForwardF32("mx", x, 3, 256), Precision::kInt8);
+  ASSERT_TRUE(mx_int8.ok()) << mx_int8.status();
+  EXPECT_EQ(mx_int8->precision(), v1::BFLOAT16);
+  EXPECT_EQ(mx_int8->output().data(), reference("mx", Precision::kBf16));
+
+  v1::ForwardRequest bad = ForwardF32("l", x, 1, 256);
+  bad.set_precision(static_cast<v1::Precision>(99));
+  auto refused = client_->Forward(bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("got 99"));
+
+  auto stats = client_->Stats("l");
+  ASSERT_TRUE(stats.ok());
+  const v1::LayerStats& l = stats->layers(0);
+  EXPECT_EQ(l.requests_by_precision().at("exact"), 2u);
+  EXPECT_EQ(l.rows_by_precision().at("exact"), 6u);
+  EXPECT_EQ(l.requests_by_precision().at("int8"), 1u);
+  EXPECT_EQ(l.requests_by_precision().at("bf16"), 1u);
+  EXPECT_EQ(l.requests_by_code().at("OK"), 4u);
+  stats = client_->Stats("mx");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->layers(0).requests_by_precision().at("bf16"), 1u);
+  EXPECT_EQ(stats->layers(0).requests_by_precision().count("int8"), 0u);
+}
+
+// --precisions exact: INT8 is INVALID_ARGUMENT naming the allowed set, and
+// nothing is computed.
+TEST_F(ServerTest, PrecisionsNotEnabledAreRefused) {
+  auto exact = PrecisionSet::Parse("exact");
+  ASSERT_TRUE(exact.ok());
+  StartServer({.precisions = *exact});
+  ASSERT_TRUE(Upload("l", 64, 256, 6).ok());
+  const std::vector<float> x = RandomFloats(2 * 256, 8);
+  auto r = client_->Forward(ForwardF32("l", x, 2, 256), Precision::kInt8);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "precision int8 is not enabled on this server (--precisions exact)");
+  EXPECT_TRUE(client_->Forward(ForwardF32("l", x, 2, 256), Precision::kExact).ok());
+  auto stats = client_->Stats("l");
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->layers(0).requests_by_code().at("INVALID_ARGUMENT"), 1u);
+  EXPECT_EQ(stats->layers(0).batches(), 1u);  // the exact one only
+  EXPECT_EQ(stats->layers(0).requests_by_precision().count("int8"), 0u);
+}
+
 TEST_F(ServerTest, DeadlineExpiresInTheQueue) {
   StartServer({.max_batch_rows = 1024, .max_batch_delay_us = 300000});
   ASSERT_TRUE(Upload("l", 64, 128, 13).ok());

@@ -48,6 +48,11 @@ TEST(SettingsTest, DefaultsFlagsAndTheEnvironment) {
   EXPECT_FALSE(s->IsSet("bits"));
   EXPECT_TRUE(s->List("model").empty());
   EXPECT_EQ(s->Source("threads"), "default");
+  EXPECT_EQ(s->String("precisions"), "exact,int8,bf16");
+  s = Parse({}, Env{{{"QLINEAR_PRECISIONS", "exact,bf16"}}});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->String("precisions"), "exact,bf16");
+  EXPECT_EQ(s->Source("precisions"), "QLINEAR_PRECISIONS");
 
   Env env{{{"QLINEAR_MAX_BATCH_ROWS", "7"}, {"QLINEAR_THREADS", "3"},
            {"QLINEAR_MODEL", "a,b/c,"}, {"QLINEAR_STATE_DIR", "/s"}}};
@@ -82,6 +87,10 @@ TEST(SettingsTest, BadInputNamesTheFlagTheValueAndWhatIsAllowed) {
       {{"--threads"}, {}, {"--threads needs a value"}},
       {{"--threads", "1", "--threads", "2"}, {}, {"--threads was given twice"}},
       {{"stray"}, {}, {"unexpected argument 'stray'"}},
+      {{"--precisions", "exact,fast"}, {}, {"--precisions", "'fast'", "exact, int8, bf16"}},
+      {{"--precisions", "int8,int8"}, {}, {"--precisions", "int8 twice"}},
+      {{"--precisions="}, {}, {"--precisions", "exact, int8, bf16"}},
+      {{}, Env{{{"QLINEAR_PRECISIONS", "EXACT"}}}, {"QLINEAR_PRECISIONS", "'EXACT'"}},
       {{}, Env{{{"QLINEAR_MAX_QUEUE_ROWS", "-5"}}}, {"QLINEAR_MAX_QUEUE_ROWS", "'-5'"}},
   };
   for (const Case& c : cases) {
@@ -131,6 +140,10 @@ TEST(SettingsTest, TheServerExitsTwoForBadUsageAndOneForAnUnusableAddress) {
   EXPECT_EQ(code, 2);
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
   EXPECT_THAT(out, AllOf(HasSubstr("--listen"), HasSubstr("'0.0.0.0:abc'"), HasSubstr("HOST:PORT")));
+  std::tie(code, out) = run("--precisions exact,fp32");
+  EXPECT_EQ(code, 2);
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+  EXPECT_THAT(out, AllOf(HasSubstr("--precisions"), HasSubstr("'fp32'")));
   std::tie(code, out) = run("--bogus 1");
   EXPECT_EQ(code, 2);
   EXPECT_THAT(out, HasSubstr("unknown flag --bogus"));

@@ -101,6 +101,41 @@ TEST(WireForwardTest, UnknownEnumsByNumberAndNegativeDimensions) {
   EXPECT_THAT(Parse(r, &f).message(), HasSubstr("more than 2^40 elements"));
 }
 
+// Issue 16: UNSPECIFIED and EXACT ask for exact, INT8 and BFLOAT16 for theirs;
+// the response names the mode that ran, never UNSPECIFIED.
+TEST(WireForwardTest, PrecisionsParseAndTheResponseSaysWhichRan) {
+  const std::pair<v1::Precision, Precision> cases[] = {{v1::PRECISION_UNSPECIFIED, Precision::kExact},
+                                                       {v1::EXACT, Precision::kExact},
+                                                       {v1::INT8, Precision::kInt8},
+                                                       {v1::BFLOAT16, Precision::kBf16}};
+  for (const auto& [wire, want] : cases) {
+    v1::ForwardRequest r = Request(1, 64);
+    r.set_precision(wire);
+    ParsedForward p;
+    ASSERT_TRUE(Parse(r, &p).ok()) << wire;
+    EXPECT_EQ(p.request.precision, want) << wire;
+  }
+  EXPECT_EQ(PrecisionFromProto(static_cast<v1::Precision>(99)).status().message(),
+            "precision must be EXACT, INT8 or BFLOAT16 (or unset: EXACT); got 99");
+
+  ParsedForward p;
+  ASSERT_TRUE(Parse(Request(1, 64), &p).ok());
+  for (const auto& [ran, wire] : {std::pair{Precision::kExact, v1::EXACT},
+                                  std::pair{Precision::kInt8, v1::INT8},
+                                  std::pair{Precision::kBf16, v1::BFLOAT16}}) {
+    Engine::ForwardResult result;
+    result.n = 1;
+    result.y.resize(4);
+    result.precision = ran;
+    v1::ForwardResponse response;
+    BuildForwardResponse(p, result, &response);
+    EXPECT_EQ(response.precision(), wire);
+    // The answer's bound still holds with the precision in it.
+    EXPECT_LE(response.ByteSizeLong() - response.output().data().size(),
+              AnswerOverheadBytes(p.message));
+  }
+}
+
 TEST(WireForwardTest, NamesAreCheckedAndQuotedShort) {
   v1::ForwardRequest r = Request(1, 64);
   r.set_layer(std::string(100000, 'x'));

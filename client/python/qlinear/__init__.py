@@ -8,12 +8,12 @@ Client (blocking) and AsyncClient (grpc.aio) speak qlinear.v1; failures raise
 qlinear.Error with .code (a grpc.StatusCode) and .message.
 """
 
-from qlinear._common import Error, LayerInfo
+from qlinear._common import Error, ForwardInfo, LayerInfo
 from qlinear.aio import AsyncClient, AsyncLayer
 from qlinear.client import Client, Layer
 
-for _public in (Error, LayerInfo, AsyncClient, AsyncLayer, Client, Layer):
+for _public in (Error, ForwardInfo, LayerInfo, AsyncClient, AsyncLayer, Client, Layer):
     _public.__module__ = "qlinear"  # shown as qlinear.Error, not qlinear._common.Error
 
-__all__ = ["AsyncClient", "AsyncLayer", "Client", "Error", "Layer", "LayerInfo"]
+__all__ = ["AsyncClient", "AsyncLayer", "Client", "Error", "ForwardInfo", "Layer", "LayerInfo"]
 __version__ = "0.1.0"

@@ -163,16 +163,44 @@ def _skip(b: bytes, i: int, wt: int, field: int) -> int:
 _LITTLE = {d: np.dtype(t).newbyteorder("<") for d, t in _NUMPY.items()}
 
 
-def decode_forward(raw: bytes) -> np.ndarray:
+# Precision: the names forward() takes and ForwardInfo.precision reports,
+# as the server's --precisions, Stats and metrics spell them.
+_PRECISIONS = {"exact": pb.EXACT, "int8": pb.INT8, "bf16": pb.BFLOAT16}
+_PRECISION_NAMES = {v: k for k, v in _PRECISIONS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardInfo:
+    """What the server says about one Forward (forward(..., return_info=True)):
+    precision is the mode that ran, "exact", "int8" or "bf16" (INT8 asked of
+    an mxfp8 layer runs "bf16"); layer_version the version that answered."""
+    precision: str
+    layer_version: int
+    request_id: str
+
+
+def decode_forward(raw: bytes, info: bool = False):
     """Forward's answer as an array over the response's own bytes: the
     ForwardResponse's output Tensor is read in place (dtype, shape, where
     its data lies), so the output is neither copied into a message nor into
-    a bytes object; BF16 is widened exactly to float32 (a new array)."""
+    a bytes object; BF16 is widened exactly to float32 (a new array). With
+    info=True, (array, ForwardInfo)."""
     dtype, shape, begin, size = pb.DTYPE_UNSPECIFIED, [], 0, 0
+    precision, version, request_id = pb.PRECISION_UNSPECIFIED, 0, ""
     i, end = 0, len(raw)
     while i < end:
         key, i = _varint(raw, i)
-        if key != 0x0A:  # only field 1 (output, length-delimited) matters
+        if key == 0x28:  # field 5, precision (varint)
+            precision, i = _varint(raw, i)
+            continue
+        if key == 0x10:  # field 2, layer_version (varint)
+            version, i = _varint(raw, i)
+            continue
+        if key == 0x1A and info:  # field 3, request_id
+            n, i = _varint(raw, i)
+            request_id, i = bytes(raw[i:i + n]).decode("utf-8", "replace"), i + n
+            continue
+        if key != 0x0A:  # field 1 (output, length-delimited) is the answer
             i = _skip(raw, i, key & 7, key >> 3)
             continue
         n, i = _varint(raw, i)
@@ -199,12 +227,17 @@ def decode_forward(raw: bytes) -> np.ndarray:
     for d in shape:
         count *= d
     if dtype == pb.BF16 and size == 2 * count:
-        return _native.f32_from_bf16(np.frombuffer(raw, "<u2", count, begin)).reshape(shape)
-    np_dtype = _LITTLE.get(dtype)
-    if np_dtype is None or not shape or size != count * np_dtype.itemsize:
-        raise Error(grpc.StatusCode.INTERNAL, f"ForwardResponse: output of dtype {dtype}, shape {shape} "
-                                              f"holds {size} bytes")
-    return np.frombuffer(raw, np_dtype, count, begin).reshape(shape)
+        y = _native.f32_from_bf16(np.frombuffer(raw, "<u2", count, begin)).reshape(shape)
+    else:
+        np_dtype = _LITTLE.get(dtype)
+        if np_dtype is None or not shape or size != count * np_dtype.itemsize:
+            raise Error(grpc.StatusCode.INTERNAL, f"ForwardResponse: output of dtype {dtype}, shape {shape} "
+                                                  f"holds {size} bytes")
+        y = np.frombuffer(raw, np_dtype, count, begin).reshape(shape)
+    if not info:
+        return y
+    # UNSPECIFIED: a server that predates the precision modes, which runs exact.
+    return y, ForwardInfo(_PRECISION_NAMES.get(precision, "exact"), version, request_id)
 
 
 FORWARD = "/qlinear.v1.Data/Forward"
@@ -222,18 +255,28 @@ def spec(mode: Optional[str], bits: Optional[int], group_size: Optional[int]) ->
     return pb.QuantSpec(mode=m, bits=bits or 0, group_size=group_size or 0)
 
 
+def wire_precision(precision) -> int:
+    """None (the server's default, exact), "exact", "int8" or "bf16" (any
+    case), or a qlinear.v1 Precision number (pb.EXACT, pb.INT8,
+    pb.BFLOAT16)."""
+    if precision is None:
+        return pb.PRECISION_UNSPECIFIED
+    if isinstance(precision, str):
+        p = _PRECISIONS.get(precision.lower())
+        if p is not None:
+            return p
+    elif isinstance(precision, (int, np.integer)) and not isinstance(precision, bool):
+        if int(precision) in pb.Precision.values():
+            return int(precision)
+    raise invalid(f"precision must be 'exact', 'int8' or 'bf16' (or None: exact); got {precision!r}")
+
+
 def forward_request(layer, x, in_dtype, out_dtype, precision, request_id) -> "pb.ForwardRequest":
     a = np.asarray(x)
     if a.ndim < 1:
         raise invalid(f"x must have shape [..., in_features]; got a scalar")
     dtype, data = to_wire(a, wire_dtype(in_dtype, "in_dtype"), "x")
-    if precision is None:
-        prec = pb.PRECISION_UNSPECIFIED
-    else:
-        try:
-            prec = pb.Precision.Value(str(precision).upper())
-        except ValueError:
-            raise invalid(f"precision must be 'exact'; got {precision!r}") from None
+    prec = wire_precision(precision)
     return pb.ForwardRequest(
         layer=layer,
         input=pb.Tensor(dtype=dtype, shape=a.shape, data=data.tobytes()),

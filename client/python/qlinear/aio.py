@@ -89,10 +89,10 @@ class AsyncClient:
         return answers[0]
 
     async def forward(self, layer: str, x, *, in_dtype=None, out_dtype=None, precision=None,
-                      request_id=None) -> np.ndarray:
+                      request_id=None, return_info=False):
         raw = await self._call(self._forward,
                                c.forward_request(layer, x, in_dtype, out_dtype, precision, request_id))
-        return c.decode_forward(raw)
+        return c.decode_forward(raw, return_info)
 
     async def quantize(self, name: str, weight, bias=None, *, mode="affine", bits=None, group_size=None,
                        replace=False, dtype=None) -> c.LayerInfo:

@@ -105,14 +105,17 @@ class Client:
         return answers[0]
 
     def forward(self, layer: str, x, *, in_dtype=None, out_dtype=None, precision=None,
-                request_id=None) -> np.ndarray:
+                request_id=None, return_info=False):
         """y = x · dequantize(W)ᵀ + bias for x of shape [..., in_features].
         float32 and float16 travel as they are and come back in that dtype
         unless out_dtype says otherwise; in_dtype="bf16" sends bfloat16
         (rounded to nearest even); a bf16 answer comes back as float32
-        (widened exactly)."""
+        (widened exactly). precision: None or "exact" (the default, MLX's
+        bits), "int8" or "bf16" (opt-in, faster; the server's --precisions
+        must allow it). return_info=True returns (y, ForwardInfo), whose
+        .precision is the mode that ran."""
         raw = self._call(self._forward, c.forward_request(layer, x, in_dtype, out_dtype, precision, request_id))
-        return c.decode_forward(raw)
+        return c.decode_forward(raw, return_info)
 
     def quantize(self, name: str, weight, bias=None, *, mode="affine", bits=None, group_size=None,
                  replace=False, dtype=None) -> c.LayerInfo:

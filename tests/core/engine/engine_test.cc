@@ -59,9 +59,12 @@ std::vector<float> RandomRows(int64_t rows, int64_t k, uint64_t seed) {
 }
 
 // The row computed alone, directly by the kernel: the reference for bits.
-std::vector<float> Solo(const Layer& layer, const float* x, int64_t rows) {
+std::vector<float> Solo(const Layer& layer, const float* x, int64_t rows,
+                        Precision precision = Precision::kExact) {
   std::vector<float> y(static_cast<size_t>(rows * layer.info().n));
-  QuantizedMatmul(layer.packed(), DType::kF32, x, rows, layer.bias(), DType::kF32, y.data());
+  MatmulOptions mo;
+  mo.precision = precision;
+  QuantizedMatmul(layer.packed(), DType::kF32, x, rows, layer.bias(), DType::kF32, y.data(), mo);
   return y;
 }
 
@@ -412,6 +415,114 @@ TEST(EngineTest, RecordUndeliveredMovesTheCount) {
   EXPECT_EQ(snap->layers[0].rows[0], 0u);
   EXPECT_EQ(snap->layers[0].requests[static_cast<int>(absl::StatusCode::kCancelled)], 1u);
   EXPECT_EQ(snap->layers[0].rows[static_cast<int>(absl::StatusCode::kCancelled)], 3u);
+  // The per-precision counts (OK answers) follow.
+  EXPECT_EQ(snap->layers[0].requests_by_precision[static_cast<int>(Precision::kExact)], 0u);
+  EXPECT_EQ(snap->layers[0].rows_by_precision[static_cast<int>(Precision::kExact)], 0u);
+}
+
+// Issue 16: each precision answers with the mode that ran, bit for bit the
+// kernel's product in that mode, and is counted under it.
+TEST(EngineTest, EachPrecisionAnswersWithTheModeThatRan) {
+  auto engine = MakeEngine();
+  auto layer = MakeLayer(*engine, "l", 48, 256, 3);
+  const std::vector<float> x = RandomRows(3, 256, 4);
+  std::vector<std::vector<uint8_t>> answers;
+  for (Precision p : {Precision::kExact, Precision::kInt8, Precision::kBf16}) {
+    Engine::ForwardRequest req = Request("l", x.data(), 3, 256);
+    req.precision = p;
+    Engine::ForwardResult r = Call(*engine, req);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.precision, p);
+    const std::vector<float> want = Solo(*layer, x.data(), 3, p);
+    ASSERT_EQ(r.y.size(), want.size() * 4);
+    EXPECT_EQ(std::memcmp(r.y.data(), want.data(), r.y.size()), 0) << PrecisionName(p);
+    answers.push_back(r.y);
+  }
+  // The modes really differ (the request reached the kernel).
+  EXPECT_NE(answers[0], answers[1]);
+  EXPECT_NE(answers[0], answers[2]);
+  auto snap = engine->Snapshot("l");
+  ASSERT_TRUE(snap.ok());
+  for (int p = 0; p < kPrecisionCount; ++p) {
+    EXPECT_EQ(snap->layers[0].requests_by_precision[p], 1u) << p;
+    EXPECT_EQ(snap->layers[0].rows_by_precision[p], 3u) << p;
+  }
+
+  // INT8 of an mxfp8 layer runs BF16, says so and is counted so.
+  std::vector<float> w = RandomRows(32, 256, 5);
+  LoadedLayer mx{"mx", *Quantize({QuantMode::kMxfp8, 8, 32}, DType::kF32, w.data(), 32, 256), {},
+                 std::nullopt};
+  auto published = engine->catalog().Publish(mx, {}, false);
+  ASSERT_TRUE(published.ok()) << published.status();
+  Engine::ForwardRequest req = Request("mx", x.data(), 2, 256);
+  req.precision = Precision::kInt8;
+  Engine::ForwardResult r = Call(*engine, req);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.precision, Precision::kBf16);
+  const std::vector<float> want = Solo(**published, x.data(), 2, Precision::kBf16);
+  EXPECT_EQ(std::memcmp(r.y.data(), want.data(), want.size() * 4), 0);
+  snap = engine->Snapshot("mx");
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->layers[0].requests_by_precision[static_cast<int>(Precision::kBf16)], 1u);
+  EXPECT_EQ(snap->layers[0].requests_by_precision[static_cast<int>(Precision::kInt8)], 0u);
+}
+
+// A precision outside Options::precisions is refused at Submit, naming the
+// allowed set, counted as INVALID_ARGUMENT, and nothing is computed.
+TEST(EngineTest, PrecisionNotEnabledIsRefused) {
+  auto set = PrecisionSet::Parse("exact,bf16");
+  ASSERT_TRUE(set.ok());
+  auto engine = MakeEngine({.precisions = *set});
+  MakeLayer(*engine, "l", 16, 64, 9);
+  const std::vector<float> x = RandomRows(2, 64, 10);
+  Engine::ForwardRequest req = Request("l", x.data(), 2, 64);
+  req.precision = Precision::kInt8;
+  absl::Status s = engine->Submit(req, [](Engine::ForwardResult) {
+    ADD_FAILURE() << "a refused request must not be answered";
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "precision int8 is not enabled on this server (--precisions exact,bf16)");
+  EXPECT_EQ(engine->queued_rows(), 0);
+  auto snap = engine->Snapshot("l");
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->layers[0].requests[static_cast<int>(absl::StatusCode::kInvalidArgument)], 1u);
+  EXPECT_EQ(snap->layers[0].batches, 0u);
+  req.precision = Precision::kBf16;
+  EXPECT_TRUE(Call(*engine, req).status.ok());
+}
+
+// A queue of exact and int8 requests to one layer: batches form per
+// precision in FIFO order (exact, exact | int8 × 3 | exact), never mixed,
+// and every answer is its own mode's bits.
+TEST(EngineTest, MixedPrecisionQueueNeverMixesABatch) {
+  auto engine = MakeEngine({.max_batch_rows = 64, .max_batch_delay_us = 300000});
+  auto layer = MakeLayer(*engine, "l", 40, 128, 7);
+  const std::vector<Precision> order = {Precision::kExact, Precision::kExact, Precision::kInt8,
+                                        Precision::kInt8,  Precision::kInt8,  Precision::kExact};
+  const std::vector<int64_t> batch_of = {2, 2, 3, 3, 3, 1};  // requests in each one's batch
+  const std::vector<float> x = RandomRows(static_cast<int64_t>(order.size()), 128, 8);
+  std::vector<std::promise<Engine::ForwardResult>> promises(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    Engine::ForwardRequest req = Request("l", x.data() + i * 128, 1, 128);
+    req.precision = order[i];
+    ASSERT_TRUE(engine->Submit(req, [&promises, i](Engine::ForwardResult r) {
+      promises[i].set_value(std::move(r));
+    }).ok());
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    Engine::ForwardResult r = promises[i].get_future().get();
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.precision, order[i]) << i;
+    EXPECT_EQ(r.batch_requests, batch_of[i]) << i;
+    const std::vector<float> want = Solo(*layer, x.data() + i * 128, 1, order[i]);
+    EXPECT_EQ(std::memcmp(r.y.data(), want.data(), want.size() * 4), 0) << i;
+  }
+  auto snap = engine->Snapshot("l");
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->layers[0].batches, 3u);
+  EXPECT_EQ(snap->layers[0].requests_by_precision[static_cast<int>(Precision::kExact)], 3u);
+  EXPECT_EQ(snap->layers[0].requests_by_precision[static_cast<int>(Precision::kInt8)], 3u);
+  EXPECT_EQ(snap->layers[0].requests_by_precision[static_cast<int>(Precision::kBf16)], 0u);
 }
 
 TEST(EngineTest, MalformedRequestsAreCountedByRpc) {
