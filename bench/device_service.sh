@@ -6,6 +6,8 @@
 #   bench/device_service.sh prepare   # here: binaries + their shared
 #                                     # libraries into build/devrun (~22 MB)
 #   build/devrun/device_service.sh run   # there (carry build/devrun)
+#   build/devrun/device_service.sh kernels  # there: precision tests, and
+#                                        # the kernel beside ONNX Runtime
 #
 # `run` pins qlinear-server to cores 0-1 (--threads 2), measures the kernel
 # pinned to the same cores, then drives the server with `qlinear bench` at
@@ -17,7 +19,12 @@ prepare() {
   local out=build/devrun
   rm -rf "$out" && mkdir -p "$out/lib"
   cp build/qlinear-server build/qlinear build/qlinear_kernel_bench "$0" "$out/"
-  for b in "$out"/qlinear-server "$out"/qlinear "$out"/qlinear_kernel_bench; do
+  # The precision tests, to check there that INT8 and BF16 give this
+  # machine's bits (the recorded digests) and that vdpbf16ps is as defined.
+  cp build/tests/qmm_int8_test build/tests/qmm_bf16_test build/tests/precision_digest_test \
+    tests/core/kernels/precision_digests.txt "$out/"
+  if [ -f ../shared/peers/ort_bench.py ]; then cp ../shared/peers/ort_bench.py "$out/"; fi
+  for b in "$out"/qlinear-server "$out"/qlinear "$out"/qlinear_kernel_bench "$out"/*_test; do
     ldd "$b" | awk '/=>/ {print $3}'
   done | sort -u | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux|libpthread|libdl|librt)[.-]' |
     grep -v -E 'lib(openblas|gfortran|quadmath)' | xargs -I{} cp -L {} "$out/lib/"
@@ -25,7 +32,7 @@ prepare() {
   printf '%s\n' '#include <stdlib.h>' 'void cblas_sgemm(void) { abort(); }' \
     'void cblas_sgemv(void) { abort(); }' 'void openblas_set_num_threads(int n) { (void)n; }' |
     gcc -shared -fPIC -x c -o "$out/lib/libopenblas.so.0" -
-  strip --strip-unneeded "$out"/qlinear* "$out"/lib/* 2>/dev/null || true
+  strip --strip-unneeded "$out"/qlinear* "$out"/*_test "$out"/lib/* 2>/dev/null || true
   du -sh "$out"
 }
 
@@ -58,8 +65,34 @@ run() {
   done
 }
 
+# kernels: the precision tests, then the kernel in every precision at 2, 8
+# and 16 threads beside ONNX Runtime's MatMulNBits (ort_bench.py, fp32 and
+# int8 compute) in one run, alternating, each qlinear figure a median of
+# $REPS (default 5) repetitions; $THREADS (default "16 8 2") the counts.
+kernels() {
+  cd "$(dirname "$0")"
+  export LD_LIBRARY_PATH=$PWD/lib
+  echo "== $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+  echo "== load $(cat /proc/loadavg)"
+  QLINEAR_DIGESTS_FILE=$PWD/precision_digests.txt ./precision_digest_test 2>&1 | tail -3
+  ./qmm_bf16_test 2>&1 | tail -3
+  ./qmm_int8_test 2>&1 | tail -3
+  for threads in ${THREADS:-16 8 2}; do
+    echo "== qlinear, $threads threads, load $(cat /proc/loadavg)"
+    QLINEAR_BENCH_THREADS=$threads taskset -c 0-$((threads - 1)) ./qlinear_kernel_bench \
+      --benchmark_filter='qmm/affine_b4_g64/f32/N4096_K4096/M(1|8|32|128)(/int8|/bf16)?/real_time' \
+      --benchmark_repetitions=${REPS:-5} --benchmark_report_aggregates_only=true 2>&1 |
+      grep median | awk '{print $1, $2, $3}'
+    if [ -f ort_bench.py ]; then
+      echo "== ONNX Runtime, $threads threads, load $(cat /proc/loadavg)"
+      taskset -c 0-$((threads - 1)) python3 ort_bench.py "$threads"
+    fi
+  done
+}
+
 case "${1:-}" in
   prepare) prepare ;;
   run) run ;;
-  *) echo "usage: $0 prepare | run" >&2; exit 2 ;;
+  kernels) kernels ;;
+  *) echo "usage: $0 prepare | run | kernels" >&2; exit 2 ;;
 esac

@@ -1,7 +1,9 @@
 // qlinear_kernel_bench: the fast kernels against the scalar reference and
 // OpenBLAS sgemm/sgemv on the dequantized float32 weights, in one run.
 //
-// Names: qmm/<mode>_b<bits>_g<gs>/<f32|f16|bf16>/N<N>_K<K>/M<M>[/cold], and
+// Names: qmm/<mode>_b<bits>_g<gs>/<f32|f16|bf16>/N<N>_K<K>/M<M>[/cold][/int8|/bf16]
+// (each exact case is followed by its INT8 and BF16 runs, core/precision.h;
+// the label says which mode ran: INT8 on mxfp8 runs BF16), and
 // ref/... and sgemm/... carrying the name of the qmm case they stand beside;
 // read/.../M1/cold reads as many bytes as the cold case's layers, a floor
 // for it.
@@ -27,6 +29,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "absl/strings/str_cat.h"
 #include "core/half.h"
 #include "core/kernels/qmm.h"
 #include "core/quantize.h"
@@ -95,13 +98,14 @@ void SetCounters(benchmark::State& state, int64_t m, int64_t n, int64_t k, size_
 }
 
 void BM_Qmm(benchmark::State& state, QuantParams p, DType xd, int64_t n, int64_t k, int64_t m,
-            int copies) {
+            int copies, Precision precision) {
   std::vector<const Layer*> layers;
   for (int c = 0; c < copies; ++c) layers.push_back(&GetLayer(p, n, k, c));
   const std::vector<uint8_t> x = RandomX(xd, m * k);
   std::vector<uint8_t> y(static_cast<size_t>(m * n) * DTypeSize(xd));
   MatmulOptions options;
   options.arena = &Arena();
+  options.precision = precision;
   size_t i = 0;
   for (auto _ : state) {
     const Layer& layer = *layers[i++ % layers.size()];
@@ -111,7 +115,24 @@ void BM_Qmm(benchmark::State& state, QuantParams p, DType xd, int64_t n, int64_t
   }
   SetCounters(state, m, n, k, layers[0]->packed.bytes());
   state.SetLabel(std::string(SimdTargetName(options.target)) + ", " +
-                 std::to_string(Arena().max_concurrency()) + " threads");
+                 std::to_string(Arena().max_concurrency()) + " threads, " +
+                 std::string(PrecisionName(EffectivePrecision(p, precision))) + " ran");
+}
+
+// Registers the exact case `name` and, for float32 inputs, right after it
+// (so that ratios come from one window) the same case in each opt-in
+// precision, named with the precision appended: qmm/.../M128/int8.
+void RegisterQmm(const std::string& name, QuantParams p, DType xd, int64_t n, int64_t k,
+                 int64_t m, int copies) {
+  for (Precision precision : {Precision::kExact, Precision::kInt8, Precision::kBf16}) {
+    if (precision != Precision::kExact && xd != DType::kF32) continue;
+    // (absl::StrCat: GCC 12's -Wrestrict misfires on std::string's operator+.)
+    const std::string full = precision == Precision::kExact
+                                 ? absl::StrCat("qmm/", name)
+                                 : absl::StrCat("qmm/", name, "/", PrecisionName(precision));
+    benchmark::RegisterBenchmark(full.c_str(), BM_Qmm, p, xd, n, k, m, copies, precision)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
 }
 
 // The floor under the cold variant: the same threads, in the same arena,
@@ -242,9 +263,7 @@ void RegisterAll(bool full_grid) {
     }
   }
   for (const Case& c : cases) {
-    const std::string name = CaseName(c.p, c.xd, c.n, c.k, c.m);
-    benchmark::RegisterBenchmark(("qmm/" + name).c_str(), BM_Qmm, c.p, c.xd, c.n, c.k, c.m, 1)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    RegisterQmm(CaseName(c.p, c.xd, c.n, c.k, c.m), c.p, c.xd, c.n, c.k, c.m, 1);
   }
   // Cold: enough distinct copies (> 64 MiB of packed weights) that every
   // call reads its weights from DRAM.
@@ -252,9 +271,7 @@ void RegisterAll(bool full_grid) {
     const int copies =
         static_cast<int>((96ll << 20) / static_cast<int64_t>(PackedMatrix::MaxBytes(b4, n, k)) + 1);
     for (int64_t m : {1, 8}) {
-      benchmark::RegisterBenchmark(("qmm/" + CaseName(b4, DType::kF32, n, k, m) + "/cold").c_str(),
-                                   BM_Qmm, b4, DType::kF32, n, k, m, copies)
-          ->Unit(benchmark::kMillisecond)->UseRealTime();
+      RegisterQmm(CaseName(b4, DType::kF32, n, k, m) + "/cold", b4, DType::kF32, n, k, m, copies);
     }
     benchmark::RegisterBenchmark(("read/" + CaseName(b4, DType::kF32, n, k, 1) + "/cold").c_str(),
                                  BM_Read, b4, n, k, copies)
