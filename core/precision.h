@@ -4,9 +4,10 @@
 //
 //   kExact  float32 inputs, fused multiply-adds in one fixed order: MLX's
 //           result to float32 rounding. The default; its bits never change.
-//   kInt8   each input row quantized per weight group to int8 codes with a
-//           float32 scale (max|x_g| / 127), integer dot products with the
-//           weight codes (VNNI where the CPU has it), folded into float32.
+//   kInt8   each input row quantized in blocks of 16 to int8 codes with a
+//           float32 scale per block (max|x| / 127), exact integer dot
+//           products with the weight codes (VNNI where the CPU has it),
+//           folded into float32 one block at a time.
 //           mxfp8's E4M3 codes have no exact integer form: INT8 asked of an
 //           mxfp8 layer runs kBf16, and the answer says so.
 //   kBf16   inputs rounded to bfloat16, products accumulated in float32 in

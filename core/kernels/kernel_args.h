@@ -239,16 +239,28 @@ void TileKernelBf16Avx512Bf16(const TileArgs& args);  // needs AVX512-BF16
 // same bits on every target.
 void PrepareInt8(const float* x, int64_t rows, int64_t k, int64_t group_size, int lane_bits,
                  int8_t* xq, float* xd, int32_t* xqsum);
-// The same bits, 16 inputs at a time (qmm_int8_avx512.cc): for CPUs with
-// AVX-512F and BW.
+// The same bits, 16 inputs at a time (qmm_int8_prepare_avx512.cc): for
+// CPUs with AVX-512F and BW, VNNI or not.
 void PrepareInt8Avx512(const float* x, int64_t rows, int64_t k, int64_t group_size,
                        int lane_bits, int8_t* xq, float* xd, int32_t* xqsum);
 // And with AVX2 (qmm_int8_avx2.cc).
 void PrepareInt8Avx2(const float* x, int64_t rows, int64_t k, int64_t group_size, int lane_bits,
                      int8_t* xq, float* xd, int32_t* xqsum);
 
+// Int8GroupSums writes INT8's bias-term sums, rows x [k / group_size]:
+// per weight group, from 0, fma(d[b], float(qsum[b]), sum) over its
+// kInt8Block blocks ascending (xd, xqsum as PrepareInt8 wrote them with
+// kInt8Block).
+void Int8GroupSums(const float* xd, const int32_t* xqsum, int64_t rows, int64_t k,
+                   int64_t group_size, float* xsum);
+
 // PrepareBf16 writes BF16's prepared input: rows * k / 2 pairs.
 void PrepareBf16(const float* x, int64_t rows, int64_t k, int lane_bits, uint32_t* xb);
+
+// Bf16GroupSums writes BF16's bias-term sums, rows x [k / group_size]: the
+// group's inputs as PrepareBf16 rounds and flushes them, summed in double
+// (k ascending) and rounded once.
+void Bf16GroupSums(const float* x, int64_t rows, int64_t k, int64_t group_size, float* xsum);
 
 // Writes x_scaled for the AVX-512 kernel's integer codes of lane_bits bits:
 // x[k] * 2^-(lane_bits * (k % cpl)) (the code's shift in its word), except

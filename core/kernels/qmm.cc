@@ -376,38 +376,16 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     xd = d;
     xd_stride = blocks;
     xqsum = qs;
-    // The bias term multiplies the sum of the input the products saw
-    // (Σ d·Σq over the group's blocks), so the affine offset cancels as in
-    // x·dequantize(W)ᵀ.
-    const int64_t per_group = gs / kernels::kInt8Block;
-    for (int64_t i = 0; i < rows * groups; ++i) {
-      float s = 0.0f;
-      for (int64_t b = i * per_group; b < (i + 1) * per_group; ++b) {
-        s = std::fma(d[b], static_cast<float>(qs[b]), s);
-      }
-      xsum[i] = s;
-    }
+    // The bias term multiplies the sum of the input the products saw, so
+    // the affine offset cancels as in x·dequantize(W)ᵀ (kernel_args.h).
+    if (w.params_.has_biases()) kernels::Int8GroupSums(d, qs, rows, k, gs, xsum);
   } else if (precision == Precision::kBf16) {
     uint32_t* b = Grow(scratch.xb, static_cast<size_t>(rows * k / 2));
     kernels::PrepareBf16(xf, rows, k, w.lane_bits_, b);
     xp = b;
     xp_stride = k * 2;
-    // The bias term multiplies the sum of the input the products saw (xb:
-    // rounded, subnormals flushed; double, k ascending, rounded once), so
-    // the affine offset cancels. Only affine layers have that term.
-    if (w.params_.has_biases()) {
-      for (int64_t m = 0; m < rows; ++m) {
-        for (int64_t g = 0; g < groups; ++g) {
-          double s = 0;
-          for (int64_t i = g * gs; i < (g + 1) * gs; ++i) {
-            uint16_t h = FloatToBF16Bits(xf[m * k + i]);
-            if ((h & 0x7F80u) == 0) h &= 0x8000u;
-            s += BF16BitsToFloat(h);
-          }
-          xsum[m * groups + g] = static_cast<float>(s);
-        }
-      }
-    }
+    // The same for BF16: the sum of the rounded, flushed input.
+    if (w.params_.has_biases()) kernels::Bf16GroupSums(xf, rows, k, gs, xsum);
   }
 
   // The AVX-512 kernel reads integer codes from pre-scaled inputs

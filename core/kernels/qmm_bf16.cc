@@ -8,44 +8,10 @@
 
 #include "core/half.h"
 #include "core/kernels/kernel_args.h"
+#include "core/kernels/scalar_codes.h"
 
 namespace qlinear::kernels {
 namespace {
-
-// 2·E2M1 for each 4-bit code: an integer in -12..12.
-constexpr int kTwiceFp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
-float Fp8Value(uint32_t code) {
-  const uint32_t bits = (code & 0x7Fu) << 20;
-  float v;
-  std::memcpy(&v, &bits, 4);
-  v *= 0x1p120f;
-  return (code & 0x80u) ? -v : v;
-}
-
-float CodeValue(Decode decode, uint32_t code) {
-  switch (decode) {
-    case Decode::kFp4:
-      return 0.5f * static_cast<float>(kTwiceFp4[code & 15]);
-    case Decode::kFp8:
-      return Fp8Value(code);
-    case Decode::kInt:
-      break;
-  }
-  return static_cast<float>(code);
-}
-
-float LoadParam(const void* base, ScaleType type, int64_t i) {
-  switch (type) {
-    case ScaleType::kF16:
-      return HalfBitsToFloat(static_cast<const uint16_t*>(base)[i]);
-    case ScaleType::kBF16:
-      return BF16BitsToFloat(static_cast<const uint16_t*>(base)[i]);
-    case ScaleType::kF32:
-      break;
-  }
-  return static_cast<const float*>(base)[i];
-}
 
 // F: a subnormal becomes zero of its sign (vdpbf16ps's denormal rule).
 float FlushSubnormal(float v) {
@@ -93,6 +59,22 @@ void PrepareBf16(const float* x, int64_t rows, int64_t k, int lane_bits, uint32_
       default:
         PrepareRow<8>(row, k, out);
         break;
+    }
+  }
+}
+
+void Bf16GroupSums(const float* x, int64_t rows, int64_t k, int64_t group_size, float* xsum) {
+  const int64_t groups = k / group_size;
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t g = 0; g < groups; ++g) {
+      double s = 0;
+      for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
+        const uint32_t bits = Bf16Flushed(x[m * k + i]) << 16;
+        float v;
+        std::memcpy(&v, &bits, 4);
+        s += v;
+      }
+      xsum[m * groups + g] = static_cast<float>(s);
     }
   }
 }

@@ -8,24 +8,10 @@
 
 #include "core/half.h"
 #include "core/kernels/kernel_args.h"
+#include "core/kernels/scalar_codes.h"
 
 namespace qlinear::kernels {
 namespace {
-
-// 2·E2M1 for each 4-bit code: an integer in -12..12.
-constexpr int kTwiceFp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
-float LoadParam(const void* base, ScaleType type, int64_t i) {
-  switch (type) {
-    case ScaleType::kF16:
-      return HalfBitsToFloat(static_cast<const uint16_t*>(base)[i]);
-    case ScaleType::kBF16:
-      return BF16BitsToFloat(static_cast<const uint16_t*>(base)[i]);
-    case ScaleType::kF32:
-      break;
-  }
-  return static_cast<const float*>(base)[i];
-}
 
 // Round half to even for |v| <= 127 (the caller clamps first): adding and
 // subtracting 1.5·2^23 leaves the nearest integer in the default rounding
@@ -73,6 +59,19 @@ void PrepareInt8(const float* x, int64_t rows, int64_t k, int64_t group_size, in
       xd[m * groups + g] = d;
       if (xqsum != nullptr) xqsum[m * groups + g] = sum;
     }
+  }
+}
+
+void Int8GroupSums(const float* xd, const int32_t* xqsum, int64_t rows, int64_t k,
+                   int64_t group_size, float* xsum) {
+  const int64_t per_group = group_size / kInt8Block;
+  const int64_t groups = rows * (k / group_size);
+  for (int64_t i = 0; i < groups; ++i) {
+    float s = 0.0f;
+    for (int64_t b = i * per_group; b < (i + 1) * per_group; ++b) {
+      s = std::fma(xd[b], static_cast<float>(xqsum[b]), s);
+    }
+    xsum[i] = s;
   }
 }
 
