@@ -9,18 +9,23 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "client/channel_flags.h"
 #include "client/client.h"
 #include "client/command.h"
@@ -76,7 +81,8 @@ struct Recorder {
       queue_us += static_cast<double>(response.timing().queue_us());
       compute_us += static_cast<double>(response.timing().compute_us());
       batch_rows += static_cast<double>(response.timing().batch_rows());
-      ++ran[std::string(PrecisionName(PrecisionThatRan(response)))];
+      const absl::StatusOr<Precision> p = PrecisionFromProto(response.precision());
+      ++ran[p.ok() ? std::string(PrecisionName(*p)) : WireEnumName(response.precision())];
     } else {
       ++errors[absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()))];
     }
@@ -87,6 +93,7 @@ struct Recorder {
 struct Call {
   grpc::ClientContext context;
   v1::ForwardResponse response;
+  v1::ForwardMultiResponse multi_response;  // --layers
   Clock::time_point started;
   uint64_t n = 0;    // which request: picks the stub and the input
   int attempt = 0;   // 0: first send; --retries bounds the rest
@@ -101,6 +108,131 @@ bool Retryable(grpc::StatusCode code) {
          code == grpc::StatusCode::CANCELLED;
 }
 
+// --stream: one ForwardStream per channel; requests queue for its one
+// write in flight; answers are matched to their start by request_id.
+// gRPC operations start outside mu (their reactions may run inline).
+class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1::ForwardStreamResponse> {
+ public:
+  using OnAnswer = std::function<void(Clock::time_point started, const grpc::Status& status,
+                                      const v1::ForwardResponse& response)>;
+  // on_lost: a request the stream ended under (its status), or one sent
+  // after it ended; recorded, never re-issued.
+  BenchStream(v1::Data::Stub* stub, const ChannelOptions& channel, int64_t timeout_s, OnAnswer on_answer,
+              OnAnswer on_lost)
+      : on_answer_(std::move(on_answer)), on_lost_(std::move(on_lost)) {
+    context_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+    SetCallMetadata(channel, &context_);
+    stub->async()->ForwardStream(&context_, this);
+    StartRead(&answer_);
+    StartCall();
+  }
+
+  // Send queues `request` (its request_id set by the caller).
+  void Send(v1::ForwardRequest request, Clock::time_point started) {
+    const v1::ForwardRequest* start = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (ended_) {
+        const grpc::Status status = status_;
+        lock.unlock();
+        on_lost_(started, status.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream ended") : status,
+                 v1::ForwardResponse());
+        return;
+      }
+      started_[request.request_id()] = started;
+      queue_.push_back(std::move(request));
+      if (!writing_) {
+        writing_ = true;
+        start = &queue_.back();
+      }
+    }
+    if (start != nullptr) StartWrite(start);
+  }
+
+  // Close ends the client's side once the queued writes are out; Wait
+  // returns the stream's status.
+  void Close() {
+    bool now = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+      now = !writing_;
+    }
+    if (now) StartWritesDone();
+  }
+  grpc::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [&] { return done_; });
+    return status_;
+  }
+
+  void OnWriteDone(bool ok) override {
+    const v1::ForwardRequest* next = nullptr;
+    bool close = false, hint = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.pop_front();
+      if (ok && !queue_.empty()) {
+        next = &queue_.front();
+        hint = queue_.size() > 1;  // more behind it: let gRPC coalesce
+      } else {
+        writing_ = false;
+        close = closing_;
+      }
+    }
+    if (next != nullptr) {
+      StartWrite(next, hint ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions());
+    }
+    if (close) StartWritesDone();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    Clock::time_point started;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = started_.find(answer_.request_id());
+      if (it == started_.end()) {
+        started = Clock::now();
+      } else {
+        started = it->second;
+        started_.erase(it);
+      }
+    }
+    grpc::Status status(static_cast<grpc::StatusCode>(answer_.status().code()),
+                        answer_.status().message());
+    on_answer_(started, status, answer_.response());
+    StartRead(&answer_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::map<std::string, Clock::time_point> lost;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      status_ = status;
+      ended_ = true;
+      lost.swap(started_);
+    }
+    const grpc::Status why =
+        status.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream ended") : status;
+    for (const auto& [id, started] : lost) on_lost_(started, why, v1::ForwardResponse());
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;  // last: Wait's caller may destroy this
+    done_cv_.notify_all();
+  }
+
+ private:
+  OnAnswer on_answer_, on_lost_;
+  grpc::ClientContext context_;
+  v1::ForwardStreamResponse answer_;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  std::deque<v1::ForwardRequest> queue_;
+  std::map<std::string, Clock::time_point> started_;
+  bool writing_ = false, closing_ = false, ended_ = false, done_ = false;
+  grpc::Status status_;
+};
+
 }  // namespace
 
 int RunBench(int argc, char** argv) {
@@ -108,14 +240,27 @@ int RunBench(int argc, char** argv) {
                     "--layer NAME [--target HOST:PORT[,HOST:PORT...]|dns:///HOST:PORT] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] "
                     "[--token-file FILE] [--rows R] [--dtype f32|f16|bf16] [--precision exact|int8|bf16] "
                     "(--concurrency C | --rate QPS) [--duration S | --requests N] [--warmup S] "
-                    "[--until-stable] [--channels K] [--retries N] [--json]"};
+                    "[--until-stable] [--channels K] [--retries N] [--stream | --layers A,B,C] [--json]\n"
+                    "  --stream: every request on ForwardStream, one stream per channel (requests\n"
+                    "    spread over them: --concurrency C keeps C in flight in all).\n"
+                    "  --layers A,B,C: each request is one ForwardMulti through those layers\n"
+                    "    (same in_features); replaces --layer."};
   std::set<std::string> valued = {"layer",    "rows",   "dtype",    "concurrency", "rate",
                                    "duration", "requests", "warmup", "channels",    "timeout-s",
-                                   "retries", "precision"};
+                                   "retries", "precision", "layers"};
   valued.insert(ChannelFlagNames().begin(), ChannelFlagNames().end());
-  auto flags = Flags::Parse(argc, argv, 2, valued, {"json", "until-stable"});
+  auto flags = Flags::Parse(argc, argv, 2, valued, {"json", "until-stable", "stream"});
   if (!flags.ok()) return cmd.Usage(flags.status().message());
-  const auto layer = flags->Get("layer");
+  std::vector<std::string> multi;
+  if (auto l = flags->Get("layers")) {
+    std::vector<std::string> names = absl::StrSplit(*l, ',', absl::SkipEmpty());
+    multi = std::move(names);
+    if (multi.empty()) return cmd.Usage("--layers needs at least one name");
+    if (flags->Has("layer")) return cmd.Usage("give --layer or --layers, not both");
+  }
+  const bool use_stream = flags->Has("stream");
+  if (use_stream && !multi.empty()) return cmd.Usage("--stream and --layers do not combine");
+  const auto layer = multi.empty() ? flags->Get("layer") : std::optional<std::string>(absl::StrJoin(multi, ","));
   if (!layer) return cmd.Usage("--layer is required");
   auto int_flag = [&](const char* name, int64_t def, int64_t lo, int64_t hi, int64_t* out) -> bool {
     auto v = flags->GetInt(name);
@@ -135,6 +280,7 @@ int RunBench(int argc, char** argv) {
   if (!int_flag("retries", 0, 0, 10, &retries)) return cmd.Usage("--retries must be in [0, 10]");
   if ((concurrency > 0) == (rate > 0)) return cmd.Usage("give exactly one of --concurrency and --rate");
   if (flags->Has("duration") && flags->Has("requests")) return cmd.Usage("give at most one of --duration and --requests");
+  if (use_stream && retries > 0) return cmd.Usage("--retries does not apply to --stream");
   DType dtype = DType::kF32;
   if (auto d = flags->Get("dtype")) {
     auto parsed = ParseFloatDType(*d);
@@ -158,7 +304,7 @@ int RunBench(int argc, char** argv) {
   client_options.timeout = std::chrono::seconds(timeout_s);
   auto client = Client::Connect(*channel, client_options);
   if (!client.ok()) return cmd.Usage(client.status().message());
-  auto info = (*client)->GetLayer(*layer);
+  auto info = (*client)->GetLayer(multi.empty() ? *layer : multi[0]);
   if (!info.ok()) return cmd.FailRpc(info.status());
   const int64_t k = info->in_features();
 
@@ -168,13 +314,20 @@ int RunBench(int argc, char** argv) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (v1::ForwardRequest& r : inputs) {
     r.set_layer(*layer);
-    r.set_precision(PrecisionToWire(precision));
+    r.set_precision(ToProto(precision));
     r.mutable_input()->set_dtype(ToProto(dtype));
     r.mutable_input()->add_shape(rows);
     r.mutable_input()->add_shape(k);
     std::string data(static_cast<size_t>(rows * k) * DTypeSize(dtype), '\0');
     for (size_t i = 0; i < static_cast<size_t>(rows * k); ++i) StoreFloat(dtype, data.data(), i, normal(rng));
     r.mutable_input()->set_data(std::move(data));
+  }
+  std::vector<v1::ForwardMultiRequest> multi_inputs;
+  for (const v1::ForwardRequest& r : inputs) {
+    v1::ForwardMultiRequest& m = multi_inputs.emplace_back();
+    for (const std::string& name : multi) m.add_layers(name);
+    *m.mutable_input() = r.input();
+    m.set_precision(r.precision());
   }
   std::vector<std::unique_ptr<v1::Data::Stub>> stubs;
   for (int64_t c = 0; c < channels; ++c) {
@@ -202,13 +355,49 @@ int RunBench(int argc, char** argv) {
   std::atomic<uint64_t> retried{0};
   std::function<void(Clock::time_point)> issue;
   std::function<void(std::shared_ptr<Call>)> send;
+  std::vector<std::unique_ptr<BenchStream>> streams;
+  // One request done (answered, or lost with its stream): in a closed loop
+  // an answer issues the next; then it no longer counts as in flight.
+  auto done_one = [&](bool answered) {
+    bool again = answered && concurrency > 0 && !stop_issuing.load();
+    if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests);
+    if (again) issue(Clock::now());
+    std::lock_guard<std::mutex> lock(mu);
+    --in_flight;
+    cv.notify_all();
+  };
+  // An answer on a stream: recorded as a unary one is.
+  auto stream_answer = [&](Clock::time_point started, const grpc::Status& status,
+                           const v1::ForwardResponse& response) {
+    rec.Record(started, Clock::now(), status, response);
+    done_one(true);
+  };
+  auto stream_lost = [&](Clock::time_point started, const grpc::Status& status,
+                         const v1::ForwardResponse& response) {
+    rec.Record(started, Clock::now(), status, response);
+    done_one(false);
+  };
+  if (use_stream) {
+    // The stream's deadline covers the whole run (--timeout-s is per request
+    // on unary calls; a stream has one deadline).
+    for (auto& stub : stubs) {
+      streams.push_back(std::make_unique<BenchStream>(
+          stub.get(), *channel, timeout_s + 3 * duration + warmup + 60, stream_answer, stream_lost));
+    }
+  }
   send = [&](std::shared_ptr<Call> call) {
     call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
     SetCallMetadata(*channel, &call->context);
     Call* raw = call.get();
-    stubs[raw->n % stubs.size()]->async()->Forward(
-        &raw->context, &inputs[raw->n % inputs.size()], &raw->response,
-        [&, call](grpc::Status status) mutable {
+    auto finished = [&, call](grpc::Status status) mutable {
+          if (!multi.empty() && status.ok()) {
+            // Timing and precision of the first layer stand for the call.
+            const auto& outs = call->multi_response.outputs();
+            if (!outs.empty()) {
+              *call->response.mutable_timing() = outs[0].timing();
+              call->response.set_precision(outs[0].precision());
+            }
+          }
           if (!status.ok() && call->attempt < retries && Retryable(status.error_code())) {
             auto again = std::make_shared<Call>();
             again->started = call->started;
@@ -227,17 +416,31 @@ int RunBench(int argc, char** argv) {
             std::lock_guard<std::mutex> lock(mu);
             graveyard.push_back(std::move(call));
           }
-          bool again = concurrency > 0 && !stop_issuing.load();
-          if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests);
-          if (again) issue(Clock::now());
-          std::lock_guard<std::mutex> lock(mu);
-          --in_flight;
-          cv.notify_all();
-        });
+          done_one(true);
+        };
+    if (multi.empty()) {
+      stubs[raw->n % stubs.size()]->async()->Forward(&raw->context, &inputs[raw->n % inputs.size()],
+                                                   &raw->response, std::move(finished));
+    } else {
+      stubs[raw->n % stubs.size()]->async()->ForwardMulti(
+          &raw->context, &multi_inputs[raw->n % multi_inputs.size()], &raw->multi_response,
+          std::move(finished));
+    }
   };
 
   // Issue one call; `started` is when it was due (open loop) or sent.
   issue = [&](Clock::time_point started) {
+    if (use_stream) {  // no Call: the stream holds what is in flight
+      const uint64_t n = issued.fetch_add(1);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        ++in_flight;
+      }
+      v1::ForwardRequest r = inputs[n % inputs.size()];
+      r.set_request_id(std::to_string(n));
+      streams[n % streams.size()]->Send(std::move(r), started);
+      return;
+    }
     auto call = std::make_shared<Call>();
     call->n = issued.fetch_add(1);
     call->started = started;
@@ -342,6 +545,14 @@ int RunBench(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return in_flight == 0; });
   }
+  for (auto& s : streams) s->Close();
+  for (auto& s : streams) {
+    if (grpc::Status st = s->Wait(); !st.ok()) {
+      std::fprintf(stderr, "bench: a stream ended %s: %s\n",
+                   absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())).c_str(),
+                   st.error_message().c_str());
+    }
+  }
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let gRPC finish the last calls
   bury();
   dying.clear();
@@ -374,8 +585,9 @@ int RunBench(int argc, char** argv) {
     std::vector<std::string> per_s;
     for (const auto& w : rec.window_latency_ms) per_s.push_back(std::to_string(w.size()));
     const std::string fault_fields = absl::StrFormat(
-        ", \"sent\": %llu, \"retried\": %llu, \"ok_total\": %llu, \"ok_per_s\": [%s], "
+        ", \"api\": \"%s\", \"sent\": %llu, \"retried\": %llu, \"ok_total\": %llu, \"ok_per_s\": [%s], "
         "\"measure_start_unix_ms\": %lld",
+        use_stream ? "ForwardStream" : multi.empty() ? "Forward" : "ForwardMulti",
         static_cast<unsigned long long>(issued.load()),
         static_cast<unsigned long long>(retried.load()),
         static_cast<unsigned long long>(rec.ok_total), absl::StrJoin(per_s, ", "),
@@ -409,6 +621,7 @@ int RunBench(int argc, char** argv) {
                 std::string(PrecisionName(precision)).c_str(),
                 ran == PrecisionName(precision) ? "" : absl::StrCat(" (ran ", ran, ")").c_str(), secs,
                 static_cast<long long>(warmup));
+    std::printf("  api: %s\n", use_stream ? "ForwardStream" : multi.empty() ? "Forward" : "ForwardMulti");
     std::printf("  %.1f req/s, %.1f rows/s (%llu requests; %llu in total with warmup)\n", rps,
                 rps * static_cast<double>(rows), static_cast<unsigned long long>(rec.measured),
                 static_cast<unsigned long long>(rec.requests_total));

@@ -1,8 +1,10 @@
 #include "client/client.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "grpcpp/client_context.h"
+#include "proto/wire.h"
 
 namespace qlinear {
 namespace {
@@ -131,33 +133,40 @@ absl::StatusOr<v1::ForwardResponse> Client::Forward(const v1::ForwardRequest& re
   return response;
 }
 
+absl::StatusOr<v1::ForwardMultiResponse> Client::ForwardMulti(
+    const v1::ForwardMultiRequest& request) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::ForwardMultiResponse response;
+  absl::Status status = FromGrpc(data_->ForwardMulti(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+Client::StreamResult Client::ForwardStream(const std::vector<v1::ForwardRequest>& requests) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  StreamResult result;
+  auto stream = data_->ForwardStream(&context);
+  // Written from one thread while this one reads, so that a server that
+  // stops reading (--max-stream-inflight) cannot block the writes forever.
+  std::thread writer([&] {
+    for (const v1::ForwardRequest& r : requests) {
+      if (!stream->Write(r)) break;
+    }
+    stream->WritesDone();
+  });
+  v1::ForwardStreamResponse answer;
+  while (stream->Read(&answer)) result.answers.push_back(answer);
+  writer.join();
+  result.status = FromGrpc(stream->Finish());
+  return result;
+}
+
 absl::StatusOr<v1::ForwardResponse> Client::Forward(v1::ForwardRequest request,
                                                     Precision precision) {
-  request.set_precision(PrecisionToWire(precision));
+  request.set_precision(ToProto(precision));
   return Forward(request);
-}
-
-v1::Precision PrecisionToWire(Precision precision) {
-  switch (precision) {
-    case Precision::kInt8:
-      return v1::INT8;
-    case Precision::kBf16:
-      return v1::BFLOAT16;
-    case Precision::kExact:
-      break;
-  }
-  return v1::EXACT;
-}
-
-Precision PrecisionThatRan(const v1::ForwardResponse& response) {
-  switch (response.precision()) {
-    case v1::INT8:
-      return Precision::kInt8;
-    case v1::BFLOAT16:
-      return Precision::kBf16;
-    default:
-      return Precision::kExact;
-  }
 }
 
 absl::StatusOr<v1::LayerInfo> Client::GetLayer(const std::string& name) {

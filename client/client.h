@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -57,10 +58,23 @@ class Client {
                                               const Progress& progress = {});
   absl::Status Unload(const std::string& name);
   // Forward sends request.precision as it is; the response's precision
-  // says which mode ran (PrecisionThatRan).
+  // says which mode ran (PrecisionFromProto, proto/wire.h).
   absl::StatusOr<v1::ForwardResponse> Forward(const v1::ForwardRequest& request);
   // The same in `precision` (request.precision is replaced).
   absl::StatusOr<v1::ForwardResponse> Forward(v1::ForwardRequest request, Precision precision);
+  // ForwardMulti: one input through several layers of the same K; one
+  // output per layer, in request.layers' order.
+  absl::StatusOr<v1::ForwardMultiResponse> ForwardMulti(const v1::ForwardMultiRequest& request);
+  // ForwardStream sends every request on one stream (all written, then the
+  // client's side closed) and returns the answers in the order they came,
+  // with the stream's final status: OK, or the server's code (UNAVAILABLE
+  // when it drained) alongside the answers read before it. Each answer's
+  // own status says whether its request failed.
+  struct StreamResult {
+    std::vector<v1::ForwardStreamResponse> answers;
+    absl::Status status;
+  };
+  StreamResult ForwardStream(const std::vector<v1::ForwardRequest>& requests);
   absl::StatusOr<v1::LayerInfo> GetLayer(const std::string& name);
   absl::StatusOr<v1::ListLayersResponse> ListLayers();
   absl::StatusOr<v1::StatsResponse> Stats(const std::string& layer = "");
@@ -80,11 +94,6 @@ class Client {
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
-// PrecisionToWire: EXACT, INT8 or BFLOAT16.
-v1::Precision PrecisionToWire(Precision precision);
-// PrecisionThatRan is the mode a response says ran; UNSPECIFIED (a server
-// that predates the precision modes) and unknown numbers read as exact.
-Precision PrecisionThatRan(const v1::ForwardResponse& response);
 
 }  // namespace qlinear
 

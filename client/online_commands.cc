@@ -262,7 +262,7 @@ int RunForward(int argc, char** argv) {
 
   v1::ForwardRequest request;
   request.set_layer(*layer);
-  request.set_precision(PrecisionToWire(precision));
+  request.set_precision(ToProto(precision));
   request.set_request_id(absl::StrCat("qlinear-cli-", getpid()));
   v1::Tensor* input = request.mutable_input();
   if (*random_rows) {
@@ -312,12 +312,18 @@ int RunForward(int argc, char** argv) {
               std::string(DTypeName(yd)).c_str(), absl::StrJoin(values, " ").c_str(),
               count > values.size() ? " ..." : "");
   const v1::ServerTiming& t = response->timing();
-  const Precision ran = PrecisionThatRan(*response);
-  std::printf("precision %s%s\n", std::string(PrecisionName(ran)).c_str(),
-              ran == precision ? ""
-                               : absl::StrCat(" (", PrecisionName(precision),
-                                              " asked; this layer runs it as ", PrecisionName(ran), ")")
-                                     .c_str());
+  const absl::StatusOr<Precision> ran = PrecisionFromProto(response->precision());
+  if (!ran.ok()) {
+    std::printf("precision %s (a mode this client does not know)\n",
+                WireEnumName(response->precision()).c_str());
+  } else {
+    std::printf("precision %s%s\n", std::string(PrecisionName(*ran)).c_str(),
+                *ran == precision ? ""
+                                  : absl::StrCat(" (", PrecisionName(precision),
+                                                 " asked; this layer runs it as ",
+                                                 PrecisionName(*ran), ")")
+                                        .c_str());
+  }
   std::printf("layer version %llu; server: queue %lld us, compute %lld us, batch of %lld rows / %lld requests\n",
               static_cast<unsigned long long>(response->layer_version()),
               static_cast<long long>(t.queue_us()), static_cast<long long>(t.compute_us()),

@@ -93,4 +93,32 @@ v1::QuantSpec ToProto(const QuantParams& params) {
   return spec;
 }
 
+absl::StatusOr<Precision> PrecisionFromProto(v1::Precision precision) {
+  switch (precision) {
+    case v1::PRECISION_UNSPECIFIED:
+    case v1::EXACT:
+      return Precision::kExact;
+    case v1::INT8:
+      return Precision::kInt8;
+    case v1::BFLOAT16:
+      return Precision::kBf16;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "precision must be EXACT, INT8 or BFLOAT16 (or unset: EXACT); got ", WireEnumName(precision)));
+}
+
+v1::Precision ToProto(Precision precision) {
+  switch (precision) {
+    case Precision::kInt8:
+      return v1::INT8;
+    case Precision::kBf16:
+      return v1::BFLOAT16;
+    case Precision::kExact:
+      break;
+  }
+  return v1::EXACT;
+}
+
 }  // namespace qlinear

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/generated_enum_reflection.h"
 #include "core/dtype.h"
+#include "core/precision.h"
 #include "core/quant_params.h"
 #include "qlinear/v1/qlinear.pb.h"
 
@@ -31,6 +32,15 @@ std::optional<DType> FromProto(v1::DType dtype);
 absl::StatusOr<DType> FloatDTypeFromProto(v1::DType dtype, absl::string_view what);
 // DTYPE_UNSPECIFIED for a dtype the wire does not carry.
 v1::DType ToProto(DType dtype);
+
+// PrecisionFromProto: UNSPECIFIED (a peer that predates the modes) and
+// EXACT are kExact, INT8 kInt8, BFLOAT16 kBf16; any other number is
+// INVALID_ARGUMENT "precision must be EXACT, INT8 or BFLOAT16 (or unset:
+// EXACT); got 99" — a mode this build does not know is never taken for
+// another.
+absl::StatusOr<Precision> PrecisionFromProto(v1::Precision precision);
+// EXACT, INT8 or BFLOAT16 (never UNSPECIFIED).
+v1::Precision ToProto(Precision precision);
 
 v1::Mode ToProto(QuantMode mode);
 v1::QuantSpec ToProto(const QuantParams& params);

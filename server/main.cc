@@ -79,6 +79,7 @@ int Main(int argc, char** argv) {
     return Usage(CheckTlsFiles(options.tls).message());
   }
   options.engine.threads = static_cast<int>(settings->Int("threads"));
+  options.engine.slots = static_cast<int>(settings->Int("compute-slots"));
   options.engine.max_batch_rows = settings->Int("max-batch-rows");
   options.engine.max_batch_delay_us = settings->Int("max-batch-delay-us");
   options.engine.max_queue_rows = settings->Int("max-queue-rows");
@@ -89,6 +90,7 @@ int Main(int argc, char** argv) {
     options.engine.precisions = *precisions;
   }
   options.max_message_mb = static_cast<int>(settings->Int("max-message-mb"));
+  options.max_stream_inflight = static_cast<int>(settings->Int("max-stream-inflight"));
   const int64_t drain_timeout_s = settings->Int("drain-timeout-s");
   auto mode = ParseQuantMode(absl::AsciiStrToLower(settings->String("mode")));
   if (!mode.ok()) return Usage(mode.status().message());
@@ -188,6 +190,7 @@ int Main(int argc, char** argv) {
        {"layers", entries.size()},
        {"simd_target", SimdTargetName(DefaultSimdTarget())},
        {"threads", engine.threads()},
+       {"compute_slots", engine.slots()},
        {"precisions", options.engine.precisions.ToString()},
        {"build", BuildInfo()},
        {"admin", srv.admin_address()},

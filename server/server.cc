@@ -105,6 +105,10 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
     return absl::InvalidArgumentError(
         absl::StrCat("--max-message-mb must be in [1, 2047]; got ", options.max_message_mb));
   }
+  if (options.max_stream_inflight < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-stream-inflight must be >= 1; got ",
+                                                   options.max_stream_inflight));
+  }
   std::unique_ptr<QlinearServer> s(new QlinearServer());
   s->options_ = options;
   s->engine_ = *std::move(engine);
@@ -120,7 +124,8 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   s->auth_ = *std::move(auth);
   s->admin_ = std::make_unique<AdminService>(s->engine_.get(), s->auth_.get());
   s->data_ = std::make_unique<DataService>(s->engine_.get(), BuildInfo(), s->auth_.get(),
-                                         uint64_t{static_cast<uint32_t>(options.max_message_mb)} << 20);
+                                         uint64_t{static_cast<uint32_t>(options.max_message_mb)} << 20,
+                                         options.max_stream_inflight);
   s->kserve_ = std::make_unique<KServeService>(
       s->engine_.get(), s->auth_.get(),
       KServeService::Options{"qlinear", kQlinearVersion,
@@ -244,6 +249,7 @@ bool QlinearServer::Shutdown(std::chrono::steady_clock::time_point deadline,
   shut_down_ = true;
   draining_ = true;
   SetHealth(false);
+  data_->BeginDrain();  // streams stop reading, answer what they hold, end UNAVAILABLE
   drained_ = engine_->Drain(deadline, counts);
   // Every accepted Forward is answered now; stop gRPC (uploads still
   // streaming are cancelled).

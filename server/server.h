@@ -55,6 +55,8 @@ struct ServerOptions {
   Authorizer::Options auth;   // token files; none: both planes open
   Engine::Options engine;
   int max_message_mb = 64;
+  // Requests in flight per ForwardStream before the server stops reading it.
+  int max_stream_inflight = 256;
   // Report SERVING as soon as gRPC listens; false: NOT_SERVING until
   // SetServing(true) (after the layers are loaded).
   bool serving_on_start = true;

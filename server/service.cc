@@ -1,9 +1,14 @@
 #include "server/service.h"
 
+#include <algorithm>
+#include <deque>
+#include <map>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/dtype.h"
 #include "core/names.h"
 #include "grpcpp/support/proto_buffer_writer.h"
 #include "server/convert.h"
@@ -184,6 +189,499 @@ class ForwardReactor : public grpc::ServerUnaryReactor {
   bool skip_log_ = false;  // unauthorised or malformed: no access line
 };
 
+// The stream deadline as the engine's clock reads it (max: none).
+Engine::Clock::time_point SteadyDeadline(const grpc::CallbackServerContext& context) {
+  const auto wire_deadline = context.deadline();
+  if (wire_deadline == std::chrono::system_clock::time_point::max()) {
+    return Engine::Clock::time_point::max();
+  }
+  return Engine::Clock::now() + std::chrono::duration_cast<Engine::Clock::duration>(
+                                    wire_deadline - std::chrono::system_clock::now());
+}
+
+}  // namespace
+
+// One ForwardStream. Every request read counts in in_flight_ until its
+// answer has left (or was dropped because the stream broke); reading stops
+// while in_flight_ is at the limit and resumes when a write brings it below.
+// One write at a time: answers queue in out_. gRPC operations are started
+// outside mu_ (their reactions may run inline); starting_ counts the ones
+// decided and not yet started, so that the stream never finishes under them.
+// The stream finishes only when in_flight_ is 0, so no engine callback can
+// outlive it.
+class ForwardStreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  ForwardStreamReactor(DataService* service, Engine* engine, grpc::CallbackServerContext* context,
+                       const ForwardLimits& limits, int max_inflight)
+      : service_(service),
+        engine_(engine),
+        context_(context),
+        limits_(limits),
+        max_inflight_(max_inflight < 1 ? 1 : max_inflight) {}
+
+  void Start(const Authorizer* auth) {
+    auto caller = CheckCall(auth, *context_, Plane::kData);
+    if (!caller.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        finished_ = true;
+      }
+      Finish(ToGrpc(caller.status()));  // before reading anything
+      return;
+    }
+    caller_ = *std::move(caller);
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = true;
+      ++starting_;
+    }
+    StartRead(&read_buf_);
+    registered_ = service_->AddStream(this);
+    Actions act;
+    {
+      absl::MutexLock lock(&mu_);
+      --starting_;
+      if (!registered_) draining_ = true;
+      MaybeFinishLocked(&act);
+    }
+    Run(act);
+  }
+
+  // Drain: stop reading, answer what is in flight, end UNAVAILABLE.
+  void Drain() {
+    Actions act;
+    {
+      absl::MutexLock lock(&mu_);
+      draining_ = true;
+      MaybeFinishLocked(&act);
+    }
+    Run(act);
+  }
+
+  void OnReadDone(bool ok) override {
+    Actions act;
+    if (!ok) {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      read_closed_ = true;
+      MaybeFinishLocked(&act);
+    } else {
+      HandleRequest(&act);
+    }
+    Run(act);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Actions act;
+    {
+      absl::MutexLock lock(&mu_);
+      Out done = std::move(out_.front());
+      out_.pop_front();
+      --in_flight_;
+      if (!ok) {
+        // The client went away or the transport refused: what is queued
+        // will not reach it either.
+        broken_ = true;
+        Undelivered(done);
+        for (Out& o : out_) Undelivered(o);
+        in_flight_ -= static_cast<int64_t>(out_.size());
+        out_.clear();
+      }
+      writing_ = false;
+      if (!out_.empty()) {
+        writing_ = true;
+        act.write = &out_.front().bytes;
+        // More behind it: let gRPC coalesce this one with the next.
+        act.hint = out_.size() > 1;
+      }
+      MaybeReadLocked(&act);
+      MaybeFinishLocked(&act);
+      if (act.write != nullptr || act.read) ++starting_;
+    }
+    Run(act);
+  }
+
+  void OnDone() override {
+    if (registered_) service_->RemoveStream(this);
+    delete this;
+  }
+
+ private:
+  struct Pending {
+    ParsedForward parsed;
+    int64_t rows = 0;
+  };
+  struct Out {
+    grpc::ByteBuffer bytes;
+    Engine::ForwardResult result;  // y cleared; stats for RecordUndelivered
+    int64_t rows = 0;
+    bool counted = false;  // an OK answer the engine counted
+  };
+  struct Actions {
+    grpc::ByteBuffer* write = nullptr;
+    bool hint = false;  // buffer_hint: another write follows at once
+    bool read = false;
+    bool finish = false;
+    grpc::Status status;
+  };
+
+  static void Undelivered(const Out& o) {
+    if (o.counted) Engine::RecordUndelivered(o.result, o.rows, absl::StatusCode::kCancelled);
+  }
+
+  // Run starts what `act` says, outside mu_.
+  void Run(const Actions& act) {
+    if (act.finish) {
+      Finish(act.status);  // last: OnDone may delete this at once
+      return;
+    }
+    if (act.write == nullptr && !act.read) return;
+    if (act.write != nullptr) {
+      StartWrite(act.write,
+                 act.hint ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions());
+    }
+    if (act.read) StartRead(&read_buf_);
+    Actions next;
+    {
+      absl::MutexLock lock(&mu_);
+      --starting_;
+      MaybeFinishLocked(&next);
+    }
+    if (next.finish) Finish(next.status);
+  }
+
+  void MaybeReadLocked(Actions* act) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (reading_ || read_closed_ || draining_ || broken_ || finished_) return;
+    if (in_flight_ >= max_inflight_) return;  // flow control: stop reading
+    reading_ = true;
+    act->read = true;
+  }
+
+  void MaybeFinishLocked(Actions* act) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || starting_ > 0 || in_flight_ > 0 || writing_) return;
+    if (!read_closed_ && !draining_ && !broken_) return;
+    finished_ = true;
+    act->finish = true;
+    act->write = nullptr;
+    act->read = false;
+    if (broken_ || context_->IsCancelled()) {
+      act->status = grpc::Status(grpc::StatusCode::CANCELLED, "the stream was cancelled");
+    } else if (draining_) {
+      act->status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 absl::StrCat("the server is draining; ", answered_,
+                                              " answers were sent on this stream"));
+    } else {
+      act->status = grpc::Status::OK;
+    }
+  }
+
+  // Enqueue queues one answer (in_flight_ already counts it).
+  void EnqueueLocked(Out out, Actions* act) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (broken_) {
+      Undelivered(out);
+      --in_flight_;
+      return;
+    }
+    ++answered_;
+    out_.push_back(std::move(out));
+    if (!writing_) {
+      writing_ = true;
+      act->write = &out_.back().bytes;
+    }
+  }
+
+  static Out ErrorAnswer(const std::string& request_id, const absl::Status& status) {
+    v1::ForwardStreamResponse answer;
+    answer.set_request_id(request_id);
+    answer.mutable_status()->set_code(static_cast<int32_t>(status.code()));
+    answer.mutable_status()->set_message(std::string(status.message()));
+    Out out;
+    (void)Serialize(answer, &out.bytes);  // cannot fail for a built message
+    return out;
+  }
+
+  void LogAccess(const ParsedForward& parsed, int64_t rows, absl::StatusCode code,
+                 const Engine::ForwardResult* r) {
+    if (!AccessLogEnabled()) return;
+    Log(LogLevel::kInfo, "access",
+        {{"rpc", "ForwardStream"},
+         {"request_id", ForLog(parsed.message.request_id())},
+         {"caller", caller_},
+         {"layer", ForLog(parsed.message.layer())},
+         {"rows", rows},
+         {"code", absl::StatusCodeToString(code)},
+         {"queue_us", r != nullptr ? r->queue_us : 0},
+         {"compute_us", r != nullptr ? r->compute_us : 0}});
+  }
+
+  void HandleRequest(Actions* act) {
+    auto pending = std::make_unique<Pending>();
+    ParsedForward& parsed = pending->parsed;
+    absl::Status status = ParseForward(&read_buf_, limits_, &parsed);
+    const std::string id = parsed.parsed ? parsed.message.request_id() : "";
+    if (!status.ok()) {
+      if (!parsed.parsed) {
+        engine_->RecordMalformed("ForwardStream");  // counted, never logged
+      } else {
+        engine_->RecordRejected(parsed.message.layer(), status.code());
+      }
+    } else if (id.empty()) {
+      status = absl::InvalidArgumentError("request_id is required on ForwardStream");
+      engine_->RecordRejected(parsed.message.layer(), status.code());
+    } else if (parsed.message.timeout_ms() < 0) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("timeout_ms must be >= 0 (0: the stream's deadline); got ",
+                       parsed.message.timeout_ms()));
+      engine_->RecordRejected(parsed.message.layer(), status.code());
+    }
+    Pending* raw = pending.get();
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      ++in_flight_;
+      if (status.ok()) {
+        if (!pending_.try_emplace(id, std::move(pending)).second) {
+          status = absl::InvalidArgumentError(absl::StrCat(
+              "request_id ", QuoteForMessage(id), " is already in flight on this stream"));
+          engine_->RecordRejected(raw->parsed.message.layer(), status.code());
+          raw = nullptr;  // `pending` still owns it; freed below
+        }
+      }
+      if (!status.ok()) {
+        EnqueueLocked(ErrorAnswer(id, status), act);
+      }
+      if (engine_->draining()) draining_ = true;
+      if (!status.ok()) {
+        MaybeReadLocked(act);
+        MaybeFinishLocked(act);
+        if (!act->finish && (act->write != nullptr || act->read)) ++starting_;
+        return;
+      }
+      // Submit runs outside mu_ (its done may run at once, and takes mu_);
+      // starting_ keeps the stream from finishing meanwhile.
+      ++starting_;
+    }
+    Submit(raw, act);
+  }
+
+  void Submit(Pending* p, Actions* act) {
+    p->rows = p->parsed.request.rows;
+    Engine::ForwardRequest req = p->parsed.request;
+    req.deadline = SteadyDeadline(*context_);
+    if (p->parsed.message.timeout_ms() > 0) {
+      req.deadline = std::min(req.deadline, Engine::Clock::now() + std::chrono::milliseconds(
+                                                                       p->parsed.message.timeout_ms()));
+    }
+    grpc::CallbackServerContext* context = context_;
+    req.cancelled = [context] { return context->IsCancelled(); };
+    const std::string id = p->parsed.message.request_id();
+    absl::Status submitted = engine_->Submit(std::move(req), [this, p](Engine::ForwardResult r) {
+      // The dispatcher's thread: build the answer, queue it.
+      Out out;
+      v1::ForwardStreamResponse answer;
+      answer.set_request_id(p->parsed.message.request_id());
+      answer.mutable_status()->set_code(static_cast<int32_t>(r.status.code()));
+      if (r.status.ok()) {
+        BuildForwardResponse(p->parsed, r, answer.mutable_response());
+        out.counted = true;
+      } else {
+        answer.mutable_status()->set_message(std::string(r.status.message()));
+      }
+      (void)Serialize(answer, &out.bytes);  // cannot fail for a built message
+      LogAccess(p->parsed, p->rows, r.status.code(), &r);
+      r.y = {};  // the answer holds its own copy now
+      out.rows = p->rows;
+      out.result = std::move(r);
+      Actions a;
+      {
+        absl::MutexLock lock(&mu_);
+        const std::string id = p->parsed.message.request_id();  // outlives p
+        pending_.erase(id);  // frees p
+        EnqueueLocked(std::move(out), &a);
+        MaybeFinishLocked(&a);
+        if (a.write != nullptr) ++starting_;
+      }
+      Run(a);
+    });
+    if (!submitted.ok()) {
+      absl::MutexLock lock(&mu_);
+      LogAccess(p->parsed, p->rows, submitted.code(), nullptr);
+      pending_.erase(id);
+      EnqueueLocked(ErrorAnswer(id, submitted), act);
+    }
+    absl::MutexLock lock(&mu_);
+    --starting_;
+    MaybeReadLocked(act);
+    MaybeFinishLocked(act);
+    if (!act->finish && (act->write != nullptr || act->read)) ++starting_;
+  }
+
+  DataService* service_;
+  Engine* engine_;
+  grpc::CallbackServerContext* context_;
+  const ForwardLimits limits_;
+  const int64_t max_inflight_;
+  std::string caller_;
+  bool registered_ = false;  // set once in Start, read in OnDone
+  grpc::ByteBuffer read_buf_;
+
+  absl::Mutex mu_;
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t starting_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t answered_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, std::unique_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
+  std::deque<Out> out_ ABSL_GUARDED_BY(mu_);
+};
+
+namespace {
+
+// One ForwardMulti: every layer checked before anything is submitted; one
+// Submit per layer; the last part to finish answers.
+class ForwardMultiReactor : public grpc::ServerUnaryReactor {
+ public:
+  ForwardMultiReactor(Engine* engine, grpc::CallbackServerContext* context,
+                      v1::ForwardMultiResponse* response)
+      : engine_(engine), context_(context), response_(response) {}
+
+  void Start(const Authorizer* auth, const v1::ForwardMultiRequest& request,
+             const ForwardLimits& limits) {
+    if (auto caller = CheckCall(auth, *context_, Plane::kData); !caller.ok()) {
+      return Finish(ToGrpc(caller.status()));
+    }
+    absl::Status status = Check(request, limits);
+    if (!status.ok()) {
+      // Refused before any Submit: counted once per named layer.
+      for (const std::string& name : request.layers()) engine_->RecordRejected(name, status.code());
+      return Finish(ToGrpc(status));
+    }
+    const size_t parts = layers_.size();
+    results_.resize(parts);
+    remaining_ = static_cast<int64_t>(parts) + 1;  // + 1: this loop
+    const auto deadline = SteadyDeadline(*context_);
+    grpc::CallbackServerContext* context = context_;
+    size_t submitted = 0;
+    for (; submitted < parts; ++submitted) {
+      Engine::ForwardRequest req = parsed_.request;
+      req.layer = layers_[submitted];
+      req.max_answer_bytes = 0;  // the whole answer was checked above
+      req.deadline = deadline;
+      req.cancelled = [context] { return context->IsCancelled(); };
+      const size_t i = submitted;
+      absl::Status s = engine_->Submit(std::move(req), [this, i](Engine::ForwardResult r) {
+        results_[i] = std::move(r);
+        Arrive(1);
+      });
+      if (!s.ok()) {
+        results_[submitted].status = s;
+        break;
+      }
+    }
+    // The part that failed to submit and those never submitted arrive now.
+    Arrive(static_cast<int64_t>(parts - submitted) + 1);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Check(const v1::ForwardMultiRequest& request, const ForwardLimits& limits) {
+    if (request.layers().empty()) {
+      return absl::InvalidArgumentError("ForwardMulti needs at least one layer");
+    }
+    int64_t k = -1;
+    std::string first;
+    std::vector<int64_t> ns;
+    for (const std::string& name : request.layers()) {
+      if (absl::Status s = ValidateLayerName(name); !s.ok()) return s;
+      for (const std::string& seen : layers_) {
+        if (seen == name) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("layer ", QuoteForMessage(name), " is named twice"));
+        }
+      }
+      auto entry = engine_->catalog().Get(name);
+      if (!entry.ok()) return entry.status();
+      const Layer::Info& info = entry->layer->info();
+      if (k < 0) {
+        k = info.k;
+        first = name;
+      } else if (info.k != k) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "ForwardMulti's layers must share in_features: ", QuoteForMessage(first), " has ", k,
+            ", ", QuoteForMessage(name), " has ", info.k));
+      }
+      layers_.push_back(name);
+      ns.push_back(info.n);
+    }
+    v1::ForwardRequest one;
+    one.set_layer(layers_[0]);
+    *one.mutable_input() = request.input();
+    one.set_output_dtype(request.output_dtype());
+    one.set_request_id(request.request_id());
+    one.set_precision(request.precision());
+    absl::Status parsed = ParseForward(one.SerializeAsString(), limits, &parsed_);
+    if (!parsed.ok()) return parsed;
+    if (parsed_.request.k != k) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the input's last dimension is ", parsed_.request.k,
+                       "; the layers' in_features is ", k));
+    }
+    if (limits.max_answer_bytes > 0) {
+      uint64_t bytes = request.request_id().size() + 16;
+      for (int64_t n : ns) {
+        bytes += static_cast<uint64_t>(parsed_.request.rows) * static_cast<uint64_t>(n) *
+                     DTypeSize(parsed_.request.y_dtype) +
+                 AnswerOverheadBytes(one) + 2 * kMaxLayerNameBytes;
+      }
+      if (bytes > limits.max_answer_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the answer would be ", bytes, " bytes, more than the server may send (",
+            limits.max_answer_bytes, "; --max-message-mb)"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Arrive counts `parts` finished parts; the last one answers.
+  void Arrive(int64_t parts) {
+    {
+      absl::MutexLock lock(&mu_);
+      remaining_ -= parts;
+      if (remaining_ > 0) return;
+    }
+    for (const Engine::ForwardResult& r : results_) {
+      if (!r.status.ok()) return Finish(ToGrpc(r.status));
+    }
+    response_->set_request_id(parsed_.message.request_id());
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      v1::ForwardResponse one;
+      BuildForwardResponse(parsed_, results_[i], &one);
+      v1::LayerOutput* out = response_->add_outputs();
+      out->set_layer(layers_[i]);
+      out->mutable_output()->Swap(one.mutable_output());
+      out->set_layer_version(one.layer_version());
+      *out->mutable_timing() = one.timing();
+      out->set_precision(one.precision());
+      results_[i].y = {};
+    }
+    Finish(grpc::Status::OK);  // last: OnDone may run (and delete this) at once
+  }
+
+  Engine* engine_;
+  grpc::CallbackServerContext* context_;
+  v1::ForwardMultiResponse* response_;
+  std::vector<std::string> layers_;
+  ParsedForward parsed_;  // layers_[0]'s request; the others copy it
+  std::vector<Engine::ForwardResult> results_;
+  absl::Mutex mu_;
+  int64_t remaining_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 }  // namespace
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* AdminService::Quantize(
@@ -211,9 +709,49 @@ grpc::ServerUnaryReactor* AdminService::UnloadLayer(grpc::CallbackServerContext*
 }
 
 DataService::DataService(Engine* engine, std::string build_info, const Authorizer* auth,
-                         uint64_t max_response_bytes)
-    : engine_(engine), build_info_(std::move(build_info)), auth_(auth) {
+                         uint64_t max_response_bytes, int max_stream_inflight)
+    : engine_(engine),
+      build_info_(std::move(build_info)),
+      auth_(auth),
+      max_stream_inflight_(max_stream_inflight) {
   limits_.max_answer_bytes = max_response_bytes;
+}
+
+DataService::~DataService() = default;
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* DataService::ForwardStream(
+    grpc::CallbackServerContext* context) {
+  auto* reactor = new ForwardStreamReactor(this, engine_, context, limits_, max_stream_inflight_);
+  reactor->Start(auth_);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DataService::ForwardMulti(grpc::CallbackServerContext* context,
+                                                    const v1::ForwardMultiRequest* request,
+                                                    v1::ForwardMultiResponse* response) {
+  auto* reactor = new ForwardMultiReactor(engine_, context, response);
+  reactor->Start(auth_, *request, limits_);
+  return reactor;
+}
+
+bool DataService::AddStream(ForwardStreamReactor* stream) {
+  absl::MutexLock lock(&streams_mu_);
+  if (draining_) return false;
+  streams_.insert(stream);
+  return true;
+}
+
+void DataService::RemoveStream(ForwardStreamReactor* stream) {
+  absl::MutexLock lock(&streams_mu_);
+  streams_.erase(stream);
+}
+
+void DataService::BeginDrain() {
+  absl::MutexLock lock(&streams_mu_);
+  draining_ = true;
+  // Drain only flags the stream and may Finish it; its OnDone (another
+  // thread) waits for this lock to unregister.
+  for (ForwardStreamReactor* stream : streams_) stream->Drain();
 }
 
 grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* context,

@@ -1,7 +1,8 @@
 // The gRPC services: a thin translation layer over core/engine.
 //
 //   AdminService: Quantize, LoadQuantized (client-streaming), UnloadLayer
-//   DataService:  Forward, ListLayers, GetLayer, Stats
+//   DataService:  Forward, ForwardStream (bidi), ForwardMulti, ListLayers,
+//                 GetLayer, Stats
 //
 // Both use the callback API and never block a gRPC thread: Forward hands its
 // request to the engine's batcher and finishes from the batcher's thread;
@@ -23,7 +24,10 @@
 #define QLINEAR_SERVER_SERVICE_H_
 
 #include <cstdint>
+#include <set>
 #include <string>
+
+#include "absl/synchronization/mutex.h"
 
 #include "core/engine/engine.h"
 #include "qlinear/v1/qlinear.grpc.pb.h"
@@ -55,21 +59,45 @@ class AdminService final
   const Authorizer* auth_;
 };
 
+class ForwardStreamReactor;
+
 class DataService final
-    : public v1::Data::WithRawCallbackMethod_Forward<v1::Data::WithCallbackMethod_ListLayers<
-          v1::Data::WithCallbackMethod_GetLayer<v1::Data::WithCallbackMethod_Stats<v1::Data::Service>>>> {
+    : public v1::Data::WithRawCallbackMethod_Forward<v1::Data::WithRawCallbackMethod_ForwardStream<
+          v1::Data::WithCallbackMethod_ForwardMulti<v1::Data::WithCallbackMethod_ListLayers<
+              v1::Data::WithCallbackMethod_GetLayer<
+                  v1::Data::WithCallbackMethod_Stats<v1::Data::Service>>>>>> {
  public:
   // `engine` and `auth` are borrowed and must outlive the service; a null
   // `auth` leaves the plane open. `max_response_bytes` is the server's
   // send limit (--max-message-mb; 0: none): a Forward whose answer would
-  // not fit is refused before it is queued.
+  // not fit is refused before it is queued. `max_stream_inflight`
+  // (--max-stream-inflight, >= 1) bounds each ForwardStream's requests read
+  // and not yet answered on the wire.
   DataService(Engine* engine, std::string build_info, const Authorizer* auth,
-              uint64_t max_response_bytes = 0);
+              uint64_t max_response_bytes = 0, int max_stream_inflight = 256);
+  ~DataService() override;
 
   // Reads a serialized ForwardRequest, answers a serialized ForwardResponse.
   grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
                                     const grpc::ByteBuffer* request,
                                     grpc::ByteBuffer* response) override;
+  // ForwardStream reads serialized ForwardRequests and writes serialized
+  // ForwardStreamResponses, one per request, as they complete (any order).
+  // A request that does not parse, lacks a request_id, repeats one in
+  // flight, or that the engine refuses fails its own answer (its code in
+  // AnswerStatus); the stream goes on. Unparsable requests are counted as
+  // malformed under "ForwardStream"; refused ones in the layer's stats, as
+  // Forward's are. The stream ends OK when the client closes its side and
+  // every answer is written; UNAVAILABLE after a drain (BeginDrain).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ForwardStream(
+      grpc::CallbackServerContext* context) override;
+  // ForwardMulti checks every layer (loaded, distinct, one K equal to the
+  // input's) and the answer's size before it submits anything; then one
+  // Submit per layer; the call answers when all are done, with the first
+  // failure (in the request's order) if any part failed.
+  grpc::ServerUnaryReactor* ForwardMulti(grpc::CallbackServerContext* context,
+                                         const v1::ForwardMultiRequest* request,
+                                         v1::ForwardMultiResponse* response) override;
   grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
                                        const v1::ListLayersRequest* request,
                                        v1::ListLayersResponse* response) override;
@@ -80,11 +108,24 @@ class DataService final
                                   const v1::StatsRequest* request,
                                   v1::StatsResponse* response) override;
 
+  // BeginDrain makes every open ForwardStream stop reading; each answers
+  // what it has in flight, then ends UNAVAILABLE. Streams opened later end
+  // UNAVAILABLE at once. Call before Engine::Drain. Idempotent.
+  void BeginDrain();
+
+  // For the stream reactors (server/service.cc): register / unregister.
+  bool AddStream(ForwardStreamReactor* stream);  // false: draining
+  void RemoveStream(ForwardStreamReactor* stream);
+
  private:
   Engine* engine_;
   std::string build_info_;
   const Authorizer* auth_;
   ForwardLimits limits_;
+  int max_stream_inflight_;
+  absl::Mutex streams_mu_;
+  bool draining_ ABSL_GUARDED_BY(streams_mu_) = false;
+  std::set<ForwardStreamReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
 };
 
 }  // namespace qlinear

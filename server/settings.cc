@@ -121,9 +121,15 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
        "how long a non-full batch may wait for more rows"},
       {"max-queue-rows", Type::kInt, "N", "8192", 1, int64_t{1} << 32, "",
        "rows queued over all layers before RESOURCE_EXHAUSTED"},
+      {"compute-slots", Type::kInt, "N", "0", 0, 64, "",
+       "batches in flight at once, each on its own thread, all computing on the --threads "
+       "threads, so that one batch's gather, scatter and answers overlap another's compute "
+       "(0 = automatic: 2, or 1 with one compute thread)"},
       {"max-memory-mb", Type::kInt, "N", "3/4 of physical memory", 0, int64_t{1} << 30, "",
        "MiB all layers may hold (0 = unlimited)", DefaultMemoryMb},
       {"max-message-mb", Type::kInt, "N", "64", 1, 2047, "", "largest gRPC message, in MiB"},
+      {"max-stream-inflight", Type::kInt, "N", "256", 1, 1 << 20, "",
+       "requests in flight per ForwardStream; beyond that the server stops reading the stream"},
       {"drain-timeout-s", Type::kInt, "N", "30", 0, 86400, "",
        "on SIGINT/SIGTERM, how long to finish accepted work"},
       {"drain-delay-ms", Type::kInt, "N", "0", 0, 600000, "",

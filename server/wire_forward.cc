@@ -82,34 +82,6 @@ std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
                       shape.size(), " dimensions)]");
 }
 
-absl::StatusOr<Precision> PrecisionFromProto(v1::Precision precision) {
-  switch (precision) {
-    case v1::PRECISION_UNSPECIFIED:
-    case v1::EXACT:
-      return Precision::kExact;
-    case v1::INT8:
-      return Precision::kInt8;
-    case v1::BFLOAT16:
-      return Precision::kBf16;
-    default:
-      break;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "precision must be EXACT, INT8 or BFLOAT16 (or unset: EXACT); got ", WireEnumName(precision)));
-}
-
-v1::Precision PrecisionToProto(Precision precision) {
-  switch (precision) {
-    case Precision::kInt8:
-      return v1::INT8;
-    case Precision::kBf16:
-      return v1::BFLOAT16;
-    case Precision::kExact:
-      break;
-  }
-  return v1::EXACT;
-}
-
 uint64_t AnswerOverheadBytes(const v1::ForwardRequest& request) {
   // Varints are at most 10 bytes; tags and lengths of the nested messages
   // and fields fit in 64; each shape dimension takes at most 10; the
@@ -152,7 +124,7 @@ void BuildForwardResponse(const ParsedForward& parsed, const Engine::ForwardResu
   out->set_data(reinterpret_cast<const char*>(r.y.data()), r.y.size());
   response->set_layer_version(r.version);
   response->set_request_id(parsed.message.request_id());
-  response->set_precision(PrecisionToProto(r.precision));
+  response->set_precision(ToProto(r.precision));
   v1::ServerTiming* t = response->mutable_timing();
   t->set_queue_us(r.queue_us);
   t->set_compute_us(r.compute_us);

@@ -66,12 +66,6 @@ absl::Status ParseForward(absl::string_view bytes, const ForwardLimits& limits,
 absl::Status ParseForward(grpc::ByteBuffer* bytes, const ForwardLimits& limits,
                           ParsedForward* out);
 
-// PrecisionFromProto: UNSPECIFIED and EXACT are kExact, INT8 kInt8, BFLOAT16
-// kBf16; another number INVALID_ARGUMENT "precision must be EXACT, INT8 or
-// BFLOAT16 (or unset: EXACT); got 99".
-absl::StatusOr<Precision> PrecisionFromProto(v1::Precision precision);
-// PrecisionToProto: EXACT, INT8 or BFLOAT16 (never UNSPECIFIED).
-v1::Precision PrecisionToProto(Precision precision);
 
 // AnswerOverheadBytes bounds the serialized response's bytes besides the
 // output data (shape, dtype, version, echoed request id, timing, tags).

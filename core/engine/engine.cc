@@ -1,16 +1,12 @@
 #include "core/engine/engine.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <condition_variable>
-#include <deque>
-#include <map>
 #include <mutex>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/engine/batcher.h"
 #include "core/half.h"
 #include "core/names.h"
 #include "core/kernels/qmm.h"
@@ -20,346 +16,185 @@
 namespace qlinear {
 namespace {
 
-int64_t MicrosBetween(Engine::Clock::time_point a, Engine::Clock::time_point b) {
+int64_t MicrosBetween(qlinear::Clock::TimePoint a, qlinear::Clock::TimePoint b) {
   return std::chrono::duration_cast<std::chrono::microseconds>(b - a).count();
 }
 
-}  // namespace
-
-// One accepted request, possibly split across batches.
-struct Task {
+// One accepted request: what the batcher queues, split across batches when
+// it is larger than one.
+struct Task final : BatchTask {
   Engine::ForwardRequest request;
   Engine::Done done;
   LayerRegistry::Entry entry;  // the version pinned at admission
   Precision precision = Precision::kExact;  // the effective one, for `entry`
-  Engine::Clock::time_point enqueued;
-  int64_t next_row = 0;  // rows handed to batches so far
-  int64_t rows_done = 0;
+  qlinear::Clock::TimePoint enqueued;
+  // result.y is allocated at Submit: two slots may write disjoint rows of it
+  // at once. The rest of `result` is written under `mu` while slices run,
+  // then read by Answer alone (the batcher answers after the last slice).
   Engine::ForwardResult result;
+  std::mutex mu;
+  bool started = false;  // its first rows ran (queue_us is set)
 };
+
+}  // namespace
 
 struct Engine::Impl {
-  explicit Impl(Engine* engine, int threads) : engine(engine), arena(threads) {}
+  Impl(int threads, int slots, qlinear::Clock* clock)
+      : clock(clock), arena(threads), scratch(static_cast<size_t>(slots)) {}
 
-  Engine* engine;
+  qlinear::Clock* const clock;
+  // One arena of `threads` for every slot (one master slot, as TBB's
+  // default): a batch in flight uses every thread while the others gather,
+  // scatter or answer, and batches that compute at once share the threads
+  // (a slot that finds the arena full hands its product to the arena's
+  // threads and waits). Measured on 2 cores, 2 slots: better than an arena
+  // with a master slot per slot (threads + slots - 1 threads).
   tbb::task_arena arena;
-
-  std::mutex mu;
-  std::condition_variable work_cv;  // dispatcher waits for work
-  std::condition_variable idle_cv;  // Drain waits for quiet
-  std::map<std::string, std::deque<std::shared_ptr<Task>>> queues;
-  std::deque<std::string> turns;  // layers with queued work, in turn order
-  int64_t queued_rows = 0;
-  bool in_flight = false;
-  bool draining = false;
-  bool halted = false;  // after a drain timeout: start no more batches
-  bool stopping = false;
-  std::thread dispatcher;
-  // Accepted requests whose `done` has not run yet (Finish counts down).
-  std::atomic<int64_t> unanswered{0};
-  int64_t refused_draining = 0;  // Submits refused while draining
-
-  // When more work waits, answers leave through the completer thread, so
-  // that building responses and handing them to the transport overlaps the
-  // next batch's compute instead of delaying it. `answering` counts tasks
-  // handed over and not yet answered; Drain waits for it to reach zero.
-  struct Answer {
-    std::shared_ptr<Task> task;
-    absl::Status status;
+  // Per slot (Batch::slot): the gathered rows and the batch's product.
+  struct Scratch {
+    std::vector<float> x, y;
   };
-  std::condition_variable answer_cv;
-  std::deque<Answer> answers;
-  int64_t answering = 0;
-  bool stop_completer = false;
-  std::thread completer;
+  std::vector<Scratch> scratch;
+  std::unique_ptr<Batcher> batcher;
 
-  // Scratch reused by the dispatcher.
-  std::vector<float> x_batch, y_batch;
-
-  void Run();
-  void Complete();
-  // Finish answers a task on the calling thread; AnswerLater hands
-  // finished tasks to the completer.
-  void Finish(const std::shared_ptr<Task>& task, absl::Status status);
-  void AnswerLater(std::vector<Answer> batch);
-  std::vector<std::shared_ptr<Task>> TakeAllLocked();
+  void RunBatch(const Batcher::Batch& batch);
+  // Answer is the batcher's Done: stats, then the task's `done`.
+  void Answer(std::unique_ptr<BatchTask> base, absl::Status status);
 };
 
-void Engine::Impl::Finish(const std::shared_ptr<Task>& task, absl::Status status) {
-  const auto now = Clock::now();
+void Engine::Impl::RunBatch(const Batcher::Batch& batch) {
+  const Task& first = *static_cast<const Task*>(batch.slices.front().task);
+  const Layer& layer = *first.entry.layer;
+  const int64_t k = layer.info().k;
+  const int64_t n = layer.info().n;
+  const int64_t batch_rows = batch.rows;
+  Scratch& s = scratch[static_cast<size_t>(batch.slot)];
+  // Gather every slice's rows as float32 (exact), whatever its dtype.
+  s.x.resize(static_cast<size_t>(batch_rows * k));
+  int64_t row = 0;
+  for (const Batcher::Slice& slice : batch.slices) {
+    const ForwardRequest& req = static_cast<const Task*>(slice.task)->request;
+    float* dst = s.x.data() + row * k;
+    if (req.x_dtype == DType::kF32) {
+      std::memcpy(dst, static_cast<const float*>(req.x) + slice.row0 * k,
+                  static_cast<size_t>(slice.rows * k) * 4);
+    } else {
+      for (int64_t i = 0; i < slice.rows * k; ++i) {
+        dst[i] = LoadFloat(req.x_dtype, req.x, static_cast<size_t>(slice.row0 * k + i));
+      }
+    }
+    row += slice.rows;
+  }
+  s.y.resize(static_cast<size_t>(batch_rows * n));
+  const auto start = clock->Now();
+  MatmulOptions mo;
+  mo.arena = &arena;
+  mo.precision = batch.precision;
+  QuantizedMatmul(layer.packed(), DType::kF32, s.x.data(), batch_rows, layer.bias(), DType::kF32,
+                  s.y.data(), mo);
+  const int64_t compute_us = MicrosBetween(start, clock->Now());
+  first.entry.stats->RecordBatch(batch_rows);
+  // Scatter: each slice writes only its own rows of its task's answer.
+  row = 0;
+  for (const Batcher::Slice& slice : batch.slices) {
+    Task& task = *static_cast<Task*>(slice.task);
+    ForwardResult& r = task.result;
+    const DType yd = task.request.y_dtype;
+    const float* src = s.y.data() + row * n;
+    if (yd == DType::kF32) {
+      std::memcpy(r.y.data() + static_cast<size_t>(slice.row0 * n) * 4, src,
+                  static_cast<size_t>(slice.rows * n) * 4);
+    } else {
+      for (int64_t i = 0; i < slice.rows * n; ++i) {
+        StoreFloat(yd, r.y.data(), static_cast<size_t>(slice.row0 * n + i), src[i]);
+      }
+    }
+    row += slice.rows;
+    std::lock_guard<std::mutex> lock(task.mu);
+    if (slice.row0 == 0) {
+      task.started = true;
+      r.queue_us = MicrosBetween(task.enqueued, batch.cut);
+    }
+    r.compute_us += compute_us;
+    if (batch_rows > r.batch_rows) {
+      r.batch_rows = batch_rows;
+      r.batch_requests = static_cast<int64_t>(batch.slices.size());
+    }
+  }
+}
+
+void Engine::Impl::Answer(std::unique_ptr<BatchTask> base, absl::Status status) {
+  std::unique_ptr<Task> task(static_cast<Task*>(base.release()));
+  const auto now = clock->Now();
   ForwardResult& r = task->result;
   r.status = std::move(status);
-  if (!r.status.ok()) r.y.clear();
+  if (!r.status.ok()) {
+    r.y.clear();
+    r.y.shrink_to_fit();
+  }
   r.version = task->entry.layer->info().version;
   r.stats = task->entry.stats;
-  if (r.queue_us == 0 && task->next_row == 0) r.queue_us = MicrosBetween(task->enqueued, now);
+  if (!task->started) r.queue_us = MicrosBetween(task->enqueued, now);
   r.precision = task->precision;
   LayerStats& stats = *task->entry.stats;
   stats.RecordRequest(r.status.code(), task->request.rows, task->precision);
   stats.queue_us.Record(static_cast<double>(r.queue_us));
   if (r.status.ok()) stats.compute_us.Record(static_cast<double>(r.compute_us));
   stats.total_us.Record(static_cast<double>(MicrosBetween(task->enqueued, now)));
-  // Counted down first: once a client holds its answer, it is not
-  // "unanswered" to anyone who looks.
-  unanswered.fetch_sub(1);
+  // The batcher counted it answered before calling Done: once a client
+  // holds its answer, it is not "unanswered" to anyone who looks.
   task->done(std::move(r));
 }
 
-void Engine::Impl::AnswerLater(std::vector<Answer> batch) {
-  if (batch.empty()) return;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    answering += static_cast<int64_t>(batch.size());
-    for (Answer& a : batch) answers.push_back(std::move(a));
-  }
-  answer_cv.notify_one();
-}
-
-void Engine::Impl::Complete() {
-  while (true) {
-    std::deque<Answer> ready;
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      answer_cv.wait(lock, [&] { return stop_completer || !answers.empty(); });
-      if (answers.empty()) return;  // stopping, and nothing left to answer
-      ready.swap(answers);
-    }
-    for (Answer& a : ready) Finish(a.task, std::move(a.status));
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      answering -= static_cast<int64_t>(ready.size());
-    }
-    idle_cv.notify_all();
-  }
-}
-
-std::vector<std::shared_ptr<Task>> Engine::Impl::TakeAllLocked() {
-  std::vector<std::shared_ptr<Task>> all;
-  for (auto& [name, queue] : queues) {
-    for (auto& t : queue) all.push_back(std::move(t));
-  }
-  queues.clear();
-  turns.clear();
-  queued_rows = 0;
-  return all;
-}
-
-void Engine::Impl::Run() {
-  const Options& opt = engine->options_;
-  while (true) {
-    std::vector<std::shared_ptr<Task>> dropped;
-    std::vector<absl::Status> dropped_status;
-    struct Slice {
-      std::shared_ptr<Task> task;
-      int64_t row0, rows;
-    };
-    std::vector<Slice> batch;
-    int64_t batch_rows = 0;
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      work_cv.wait(lock, [&] { return stopping || (!halted && !turns.empty()); });
-      if (stopping) return;
-      const std::string name = turns.front();
-      turns.pop_front();
-      auto& queue = queues[name];
-      // Optionally wait for a fuller batch (never while draining).
-      if (opt.max_batch_delay_us > 0 && !draining) {
-        // The rows the next batch could take: the queue's head run of one
-        // version and precision. Once a request of another follows it, no
-        // later one can join (FIFO), so there is nothing to wait for.
-        int64_t rows = 0;
-        bool closed = false;
-        for (const auto& t : queue) {
-          if (t->entry.layer != queue.front()->entry.layer ||
-              t->precision != queue.front()->precision) {
-            closed = true;
-            break;
-          }
-          rows += t->request.rows - t->next_row;
-        }
-        const auto until = queue.front()->enqueued + std::chrono::microseconds(opt.max_batch_delay_us);
-        if (!closed && rows < opt.max_batch_rows && Clock::now() < until) {
-          turns.push_front(name);
-          work_cv.wait_until(lock, until);
-          continue;
-        }
-      }
-      const auto now = Clock::now();
-      const Layer* layer = nullptr;
-      Precision precision = Precision::kExact;
-      while (!queue.empty() && batch_rows < opt.max_batch_rows) {
-        std::shared_ptr<Task> task = queue.front();
-        if (task->next_row == 0) {
-          absl::Status drop;
-          if (now >= task->request.deadline) {
-            drop = absl::DeadlineExceededError("deadline passed while queued");
-          } else if (task->request.cancelled && task->request.cancelled()) {
-            drop = absl::CancelledError("cancelled while queued");
-          }
-          if (!drop.ok()) {
-            queue.pop_front();
-            queued_rows -= task->request.rows;
-            dropped.push_back(std::move(task));
-            dropped_status.push_back(std::move(drop));
-            continue;
-          }
-        }
-        // One batch runs one version of the layer in one precision.
-        if (layer == nullptr) {
-          layer = task->entry.layer.get();
-          precision = task->precision;
-        }
-        if (task->entry.layer.get() != layer || task->precision != precision) break;
-        const int64_t take = std::min(task->request.rows - task->next_row,
-                                      opt.max_batch_rows - batch_rows);
-        if (task->next_row == 0) task->result.queue_us = MicrosBetween(task->enqueued, now);
-        batch.push_back({task, task->next_row, take});
-        task->next_row += take;
-        batch_rows += take;
-        queued_rows -= take;
-        if (task->next_row == task->request.rows) queue.pop_front();
-      }
-      if (!queue.empty()) {
-        turns.push_back(name);
-      } else {
-        queues.erase(name);
-      }
-      in_flight = !batch.empty() || !dropped.empty();
-    }
-    std::vector<Answer> done;
-    for (size_t i = 0; i < dropped.size(); ++i) {
-      done.push_back({std::move(dropped[i]), std::move(dropped_status[i])});
-    }
-    if (!batch.empty()) {
-      const Layer& layer = *batch.front().task->entry.layer;
-      const Precision precision = batch.front().task->precision;
-      const int64_t k = layer.info().k;
-      const int64_t n = layer.info().n;
-      // Gather every slice's rows as float32 (exact), whatever its dtype.
-      x_batch.resize(static_cast<size_t>(batch_rows * k));
-      int64_t row = 0;
-      for (const Slice& s : batch) {
-        const ForwardRequest& req = s.task->request;
-        float* dst = x_batch.data() + row * k;
-        if (req.x_dtype == DType::kF32) {
-          std::memcpy(dst, static_cast<const float*>(req.x) + s.row0 * k,
-                      static_cast<size_t>(s.rows * k) * 4);
-        } else {
-          for (int64_t i = 0; i < s.rows * k; ++i) {
-            dst[i] = LoadFloat(req.x_dtype, req.x, static_cast<size_t>(s.row0 * k + i));
-          }
-        }
-        row += s.rows;
-      }
-      y_batch.resize(static_cast<size_t>(batch_rows * n));
-      const auto start = Clock::now();
-      MatmulOptions mo;
-      mo.arena = &arena;
-      mo.precision = precision;
-      QuantizedMatmul(layer.packed(), DType::kF32, x_batch.data(), batch_rows, layer.bias(),
-                      DType::kF32, y_batch.data(), mo);
-      const int64_t compute_us = MicrosBetween(start, Clock::now());
-      batch.front().task->entry.stats->RecordBatch(batch_rows);
-      row = 0;
-      for (const Slice& s : batch) {
-        ForwardResult& r = s.task->result;
-        const DType yd = s.task->request.y_dtype;
-        if (r.y.empty()) {
-          r.n = n;
-          r.y.resize(static_cast<size_t>(s.task->request.rows * n) * DTypeSize(yd));
-        }
-        const float* src = y_batch.data() + row * n;
-        if (yd == DType::kF32) {
-          std::memcpy(r.y.data() + static_cast<size_t>(s.row0 * n) * 4, src,
-                      static_cast<size_t>(s.rows * n) * 4);
-        } else {
-          for (int64_t i = 0; i < s.rows * n; ++i) {
-            StoreFloat(yd, r.y.data(), static_cast<size_t>(s.row0 * n + i), src[i]);
-          }
-        }
-        row += s.rows;
-        r.compute_us += compute_us;
-        if (batch_rows > r.batch_rows) {
-          r.batch_rows = batch_rows;
-          r.batch_requests = static_cast<int64_t>(batch.size());
-        }
-        s.task->rows_done += s.rows;
-        if (s.task->rows_done == s.task->request.rows) done.push_back({s.task, absl::OkStatus()});
-      }
-    }
-    // With work waiting, answers go to the completer so that the next batch
-    // starts now; with none, answering here saves the hand-over's latency.
-    bool work_waiting;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      work_waiting = !turns.empty();
-    }
-    if (work_waiting) {
-      AnswerLater(std::move(done));
-    } else {
-      for (Answer& a : done) Finish(a.task, std::move(a.status));
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      in_flight = false;
-    }
-    idle_cv.notify_all();
-  }
-}
+int Engine::AutomaticSlots(int threads) { return std::max(1, std::min(threads, 2)); }
 
 Engine::Engine(const Options& options)
     : options_(options), catalog_(options.max_memory_bytes), created_(Clock::now()) {}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
-  if (options.threads < 0 || options.max_batch_rows < 1 || options.max_batch_delay_us < 0 ||
-      options.max_queue_rows < 1) {
+  if (options.threads < 0 || options.slots < 0 || options.max_batch_rows < 1 ||
+      options.max_batch_delay_us < 0 || options.max_queue_rows < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "engine options: need threads >= 0, max_batch_rows >= 1, max_batch_delay_us >= 0, "
-        "max_queue_rows >= 1; got ", options.threads, ", ", options.max_batch_rows, ", ",
-        options.max_batch_delay_us, ", ", options.max_queue_rows));
+        "engine options: need threads >= 0, slots >= 0, max_batch_rows >= 1, "
+        "max_batch_delay_us >= 0, max_queue_rows >= 1; got ", options.threads, ", ",
+        options.slots, ", ", options.max_batch_rows, ", ", options.max_batch_delay_us, ", ",
+        options.max_queue_rows));
   }
   std::unique_ptr<Engine> engine(new Engine(options));
   const int threads = options.threads > 0 ? options.threads : tbb::info::default_concurrency();
-  engine->impl_ = std::make_unique<Impl>(engine.get(), threads);
-  engine->impl_->completer = std::thread([impl = engine->impl_.get()] { impl->Complete(); });
-  engine->impl_->dispatcher = std::thread([impl = engine->impl_.get()] { impl->Run(); });
+  const int slots = options.slots > 0 ? options.slots : AutomaticSlots(threads);
+  qlinear::Clock* clock = options.clock != nullptr ? options.clock : qlinear::Clock::Real();
+  engine->impl_ = std::make_unique<Impl>(threads, slots, clock);
+  Batcher::Options bo;
+  bo.max_batch_rows = options.max_batch_rows;
+  bo.max_batch_delay_us = options.max_batch_delay_us;
+  bo.max_queue_rows = options.max_queue_rows;
+  bo.slots = slots;
+  bo.clock = clock;
+  Impl* impl = engine->impl_.get();
+  auto batcher = Batcher::Create(
+      bo, [impl](const Batcher::Batch& batch) { impl->RunBatch(batch); },
+      [impl](std::unique_ptr<BatchTask> task, absl::Status status) {
+        impl->Answer(std::move(task), std::move(status));
+      });
+  if (!batcher.ok()) return batcher.status();
+  impl->batcher = *std::move(batcher);
   return engine;
 }
 
 Engine::~Engine() {
-  std::vector<std::shared_ptr<Task>> left;
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->stopping = true;
-  }
-  impl_->work_cv.notify_all();
-  impl_->dispatcher.join();
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    left = impl_->TakeAllLocked();
-    impl_->stop_completer = true;
-  }
-  impl_->answer_cv.notify_all();
-  impl_->completer.join();  // answers everything handed to it first
-  for (auto& t : left) impl_->Finish(t, absl::UnavailableError("server is shutting down"));
+  if (impl_ != nullptr && impl_->batcher != nullptr) impl_->batcher->Stop();
 }
 
 int Engine::threads() const { return impl_->arena.max_concurrency(); }
 
-int64_t Engine::queued_rows() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return impl_->queued_rows;
-}
+int Engine::slots() const { return impl_->batcher->options().slots; }
 
-bool Engine::draining() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return impl_->draining;
-}
+int64_t Engine::queued_rows() const { return impl_->batcher->queued_rows(); }
 
-int64_t Engine::batches_in_flight() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return impl_->in_flight ? 1 : 0;
-}
+bool Engine::draining() const { return impl_->batcher->draining(); }
+
+int64_t Engine::batches_in_flight() const { return impl_->batcher->batches_in_flight(); }
 
 absl::Status Engine::Submit(ForwardRequest request, Done done) {
   auto entry = catalog_.Get(request.layer);
@@ -377,9 +212,19 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
     stats->RecordRequest(status.code(), rows);
     return status;
   };
+  // No mode outside --precisions ever runs: neither the one asked for nor
+  // the one it becomes on this layer (INT8 on mxfp8 runs BF16).
   if (!options_.precisions.contains(request.precision)) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
         "precision ", PrecisionName(request.precision), " is not enabled on this server (--precisions ",
+        options_.precisions.ToString(), ")")));
+  }
+  const Precision runs = EffectivePrecision(info.params, request.precision);
+  if (!options_.precisions.contains(runs)) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "precision ", PrecisionName(request.precision), " runs as ", PrecisionName(runs), " on ",
+        QuantModeName(info.params.mode), " layer ", QuoteForMessage(info.name), ", and ",
+        PrecisionName(runs), " is not enabled on this server (--precisions ",
         options_.precisions.ToString(), ")")));
   }
   if (!IsFloatDType(request.x_dtype) || !IsFloatDType(request.y_dtype)) {
@@ -411,30 +256,26 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
           " bytes (--max-message-mb); send fewer rows per request")));
     }
   }
-  auto task = std::make_shared<Task>();
+  auto task = std::make_unique<Task>();
   task->entry = *entry;
   task->precision = EffectivePrecision(info.params, request.precision);
   task->done = std::move(done);
-  task->enqueued = Clock::now();
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    if (impl_->draining || impl_->stopping) {
-      ++impl_->refused_draining;
-      return reject(absl::UnavailableError("server is shutting down"));
-    }
-    if (impl_->queued_rows + request.rows > options_.max_queue_rows) {
-      return reject(absl::ResourceExhaustedError(absl::StrCat(
-          "queue full: ", impl_->queued_rows, " of ", options_.max_queue_rows,
-          " rows queued (--max-queue-rows); this request has ", request.rows)));
-    }
-    task->request = std::move(request);
-    impl_->queued_rows += task->request.rows;
-    impl_->unanswered.fetch_add(1);
-    auto& queue = impl_->queues[task->request.layer];
-    if (queue.empty()) impl_->turns.push_back(task->request.layer);
-    queue.push_back(std::move(task));
+  task->result.n = info.n;
+  // More rows than the whole queue holds are refused by the batcher below
+  // (naming --max-queue-rows): no answer to allocate for them.
+  if (request.rows <= options_.max_queue_rows) {
+    task->result.y.resize(static_cast<size_t>(request.rows * info.n) * DTypeSize(request.y_dtype));
   }
-  impl_->work_cv.notify_one();
+  task->enqueued = impl_->clock->Now();
+  const int64_t rows_asked = request.rows;
+  const Clock::time_point deadline = request.deadline;
+  std::function<bool()> cancelled = request.cancelled;
+  task->request = std::move(request);
+  Batcher::Request queued{task->request.layer, info.version, task->precision, rows_asked, deadline,
+                          std::move(cancelled)};
+  std::unique_ptr<BatchTask> base = std::move(task);
+  const absl::Status queued_status = impl_->batcher->Submit(std::move(queued), &base);
+  if (!queued_status.ok()) return reject(queued_status);
   return absl::OkStatus();
 }
 
@@ -450,44 +291,17 @@ void Engine::RecordMalformed(absl::string_view rpc) {
   ++it->second;
 }
 
-int64_t Engine::unanswered() const { return impl_->unanswered.load(); }
+int64_t Engine::unanswered() const { return impl_->batcher->unanswered(); }
 
 bool Engine::Drain(Clock::time_point deadline, DrainCounts* counts) {
-  std::vector<std::shared_ptr<Task>> left;
-  bool drained;
-  int64_t pending = 0, refused_before = 0;
   catalog_.StartDraining();
-  {
-    std::unique_lock<std::mutex> lock(impl_->mu);
-    impl_->draining = true;
-    // No request is accepted from here on: every one counted is answered
-    // before Drain returns.
-    pending = impl_->unanswered.load();
-    refused_before = impl_->refused_draining;
-    impl_->work_cv.notify_all();
-    drained = impl_->idle_cv.wait_until(lock, deadline, [&] {
-      return impl_->queued_rows == 0 && impl_->turns.empty() && !impl_->in_flight &&
-             impl_->answering == 0;
-    });
-    if (!drained) {
-      // Let the running batch answer its own requests, start no other, and
-      // answer everything still queued (partly computed requests included).
-      impl_->halted = true;
-      impl_->idle_cv.wait(lock, [&] { return !impl_->in_flight; });
-      left = impl_->TakeAllLocked();
-    }
-  }
-  for (auto& t : left) {
-    impl_->Finish(t, absl::UnavailableError("server shut down before this request ran (drain timeout)"));
-  }
-  // Every computed answer has left before Drain returns.
-  std::unique_lock<std::mutex> lock(impl_->mu);
-  impl_->idle_cv.wait(lock, [&] { return impl_->answering == 0; });
+  Batcher::DrainCounts c;
+  const bool drained = impl_->batcher->Drain(deadline, &c);
   if (counts != nullptr) {
-    counts->pending = pending;
-    counts->unavailable = static_cast<int64_t>(left.size());
-    counts->answered = pending - counts->unavailable;
-    counts->refused = impl_->refused_draining - refused_before;
+    counts->pending = c.pending;
+    counts->answered = c.answered;
+    counts->unavailable = c.unavailable;
+    counts->refused = c.refused;
   }
   return drained;
 }

@@ -1,24 +1,38 @@
 // Engine: the in-process serving core. It owns the catalog of layers (with
-// the memory budget and, with --state-dir, the durable store), one dynamic
-// batcher per layer and the oneTBB arena that runs the
-// batches. No gRPC here: the server translates to and from it.
+// the memory budget and, with --state-dir, the durable store), the dynamic
+// batcher (core/engine/batcher.h) that queues and cuts the batches, and the
+// oneTBB arena that computes them. No gRPC here: the server translates to
+// and from it.
 //
-// Batching: each layer has a FIFO queue of requests. One dispatcher thread
-// takes turns among layers with queued work; as soon as the compute slot is
-// free it takes up to max_batch_rows rows of the next layer (splitting a
-// request larger than that across batches), optionally waiting up to
-// max_batch_delay_us for more, and runs them as one matrix product on all
-// threads. Because the kernels are batch-invariant, a row's result is the
-// same bits whoever it shares a batch with. One batch runs one version of
-// the layer in one precision (the effective one, core/precision.h): it
-// takes queued requests in FIFO order and stops at the first of another
-// version or precision, which starts the layer's next batch.
+// Batching: each layer has a FIFO queue of requests. Options::slots compute
+// slots (worker threads) take turns among layers with queued work: a free
+// slot takes up to max_batch_rows rows from the head of the next ready
+// layer (splitting a request larger than that across batches), a batch
+// being ready once it is full, once max_batch_delay_us has passed since its
+// first request arrived, or at once when that delay is 0. It gathers them,
+// runs them as one matrix product in the shared arena (every thread, stolen
+// between slots when several batches run), scatters the rows back and
+// answers the requests it finished. So up to `slots` batches are in flight
+// at once, of different layers or of one: while one slot gathers, scatters
+// or answers, another computes. Because the kernels are batch-invariant, a
+// row's result is the same bits whoever it shares a batch with, and
+// whichever slot runs it. One batch runs one version of the layer in one
+// precision (the effective one, core/precision.h): it takes queued requests
+// in FIFO order and stops at the first of another version or precision,
+// which starts the layer's next batch. With one slot a layer's answers
+// leave in arrival order; with more, two batches may end in either order.
+//
+// Time: arrivals, the batching delay, deadlines and Drain's deadline are
+// read from Options::clock (tests give a FakeClock, core/engine/clock.h,
+// and step it instead of sleeping); by default the steady clock.
 //
 // Admission: Submit refuses with INVALID_ARGUMENT a precision outside
 // Options::precisions, with RESOURCE_EXHAUSTED when the queued rows
 // would exceed max_queue_rows, and with UNAVAILABLE while draining. Requests
-// whose deadline passes or that are cancelled while queued are answered
-// DEADLINE_EXCEEDED / CANCELLED without compute.
+// whose deadline passes or that are cancelled while wholly queued are
+// answered DEADLINE_EXCEEDED / CANCELLED without compute; `cancelled` is
+// asked without any engine lock held, once, just before the request's first
+// rows would join a batch (once they have, it runs to the end).
 //
 // Thread safety: every method may be called from any thread.
 #ifndef QLINEAR_CORE_ENGINE_ENGINE_H_
@@ -36,8 +50,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "core/dtype.h"
-#include "core/engine/layer.h"
 #include "core/engine/catalog.h"
+#include "core/engine/clock.h"
+#include "core/engine/layer.h"
 #include "core/engine/snapshot.h"
 #include "core/engine/stats.h"
 #include "core/precision.h"
@@ -46,11 +61,16 @@ namespace qlinear {
 
 class Engine {
  public:
+  // The time points of deadlines (qlinear::Clock reads the same ones).
   using Clock = std::chrono::steady_clock;
 
   struct Options {
     // Threads of the compute arena; 0 = every core.
     int threads = 0;
+    // Compute slots: batches that may be in flight at once, each on its own
+    // worker thread, all computing in the one arena (--compute-slots).
+    // 0 = automatic (AutomaticSlots of the arena's threads).
+    int slots = 0;
     // Most rows one batch takes (1 disables batching).
     int64_t max_batch_rows = 128;
     // How long a non-full batch may wait for more rows; 0 = never wait.
@@ -61,7 +81,16 @@ class Engine {
     uint64_t max_memory_bytes = 0;
     // The precisions a request may ask for (--precisions).
     PrecisionSet precisions = PrecisionSet::All();
+    // Where batching reads and waits for time (arrivals, the delay,
+    // deadlines, Drain's deadline). Borrowed: it must outlive the engine.
+    // nullptr (the default) is qlinear::Clock::Real(); tests pass a
+    // FakeClock.
+    qlinear::Clock* clock = nullptr;
   };
+
+  // AutomaticSlots is the number of slots that `slots = 0` gives an arena
+  // of `threads` threads.
+  static int AutomaticSlots(int threads);
 
   struct ForwardRequest {
     std::string layer;
@@ -100,18 +129,23 @@ class Engine {
   using Done = std::function<void(ForwardResult)>;
 
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const Options& options);
-  // Stops the dispatcher; queued requests are answered UNAVAILABLE.
+  // Stops the batcher (Batcher::Stop): running batches finish and answer,
+  // queued requests are answered UNAVAILABLE.
   ~Engine();
 
   const Options& options() const { return options_; }
   int threads() const;
+  // The compute slots in use (Options::slots, or the automatic number).
+  int slots() const;
   // catalog() is the one door through which layers are published,
   // replaced and unloaded.
   Catalog& catalog() { return catalog_; }
   const Catalog& catalog() const { return catalog_; }
 
   // Submit queues a forward pass. On OK, `done` runs exactly once, later, on
-  // the dispatcher thread (keep it short: copy out and finish). Otherwise it
+  // a compute slot's thread (keep it short: copy out and finish; it holds
+  // that slot), or on the thread running Drain or ~Engine for an answer
+  // they give; it may call Submit but not Drain. Otherwise it
   // never runs: NOT_FOUND (unknown layer), INVALID_ARGUMENT (a precision not
   // in options().precisions, dtype, K or row count), RESOURCE_EXHAUSTED (queue full, or the answer would exceed
   // request.max_answer_bytes), UNAVAILABLE (draining).
@@ -126,10 +160,12 @@ class Engine {
     int64_t refused = 0;      // Submits refused UNAVAILABLE while it ran
   };
 
-  // Drain stops admission, then waits until every accepted request is
-  // answered or `deadline` passes; then the ones still queued are answered
-  // UNAVAILABLE. Returns true when all finished normally. `counts`
-  // (optional) receives what it did.
+  // Drain stops admission (and catalog changes), lets waiting batches run at
+  // once, then waits until every accepted request is answered or the clock
+  // reaches `deadline`; then the running batches finish and the requests
+  // still queued (partly computed ones too) are answered UNAVAILABLE. Every
+  // `done` has returned when it returns. Returns true when all finished
+  // normally. `counts` (optional) receives what it did.
   bool Drain(Clock::time_point deadline, DrainCounts* counts = nullptr);
   // unanswered is the number of requests accepted whose answer has not
   // started to leave (their `done` has not been called).

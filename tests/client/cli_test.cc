@@ -573,5 +573,55 @@ TEST_F(CliTest, BenchRetriesResendCutShortForwards) {
   }
 }
 
+// Issue 17: bench --stream sends every request on ForwardStream and
+// --layers on ForwardMulti; each request is counted once per layer by the
+// server.
+TEST_F(CliTest, BenchStreamAndLayers) {
+  ServerProcess server(QLINEAR_SERVER_BINARY, {"--threads", "2"});
+  ASSERT_TRUE(server.started());
+  ASSERT_TRUE(server.WaitServing());
+  const std::string t = " --target " + server.target();
+  auto client = Client::Connect(server.target());
+  auto demo = client->GetLayer("demo");
+  ASSERT_TRUE(demo.ok()) << demo.status();
+  v1::QuantizeHeader h;
+  h.set_name("narrow");
+  h.set_out_features(8);
+  h.set_in_features(demo->in_features());
+  h.set_dtype(v1::F32);
+  std::vector<float> w(static_cast<size_t>(8 * demo->in_features()), 0.25f);
+  ASSERT_TRUE(client->Quantize(h, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, {}).ok());
+  auto ok_count = [&](const std::string& layer) {
+    auto stats = client->Stats(layer);
+    EXPECT_TRUE(stats.ok());
+    auto it = stats->layers(0).requests_by_code().find("OK");
+    return it == stats->layers(0).requests_by_code().end() ? uint64_t{0} : it->second;
+  };
+
+  const uint64_t before = ok_count("demo");
+  RunResult r = Run("bench" + t + " --layer demo --stream --concurrency 4 --requests 20 --warmup 0 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["api"], "ForwardStream");
+  EXPECT_TRUE(j["errors"].empty()) << r.out;
+  EXPECT_GE(j["ok_total"].get<uint64_t>(), 20u);
+  EXPECT_EQ(ok_count("demo") - before, j["ok_total"].get<uint64_t>());
+
+  const uint64_t narrow_before = ok_count("narrow");
+  r = Run("bench" + t + " --layers demo,narrow --concurrency 2 --requests 6 --warmup 0 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["api"], "ForwardMulti");
+  EXPECT_TRUE(j["errors"].empty()) << r.out;
+  EXPECT_EQ(ok_count("narrow") - narrow_before, j["ok_total"].get<uint64_t>());
+
+  r = Run("bench" + t + " --layers demo,narrow --stream --concurrency 1 --requests 1");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--stream and --layers do not combine"));
+  EXPECT_EQ(server.Stop(SIGTERM), 0);
+}
+
 }  // namespace
 }  // namespace qlinear

@@ -404,7 +404,7 @@ TEST_F(ServerTest, PrecisionModesEndToEnd) {
     auto r = client_->Forward(ForwardF32("l", x, 3, 256), p);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->precision(), wire);
-    EXPECT_EQ(PrecisionThatRan(*r), p);
+    EXPECT_EQ(*PrecisionFromProto(r->precision()), p);
     EXPECT_EQ(r->output().data(), reference("l", p)) << PrecisionName(p);
   }
   // Unset is exact, and says so.

@@ -1,5 +1,6 @@
 // Forward bytes to an engine request (server/wire_forward.h).
 #include "server/wire_forward.h"
+#include "proto/wire.h"
 
 #include <string>
 #include <vector>

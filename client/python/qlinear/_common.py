@@ -236,8 +236,10 @@ def decode_forward(raw: bytes, info: bool = False):
         y = np.frombuffer(raw, np_dtype, count, begin).reshape(shape)
     if not info:
         return y
-    # UNSPECIFIED: a server that predates the precision modes, which runs exact.
-    return y, ForwardInfo(_PRECISION_NAMES.get(precision, "exact"), version, request_id)
+    # UNSPECIFIED (0): a server that predates the precision modes, which runs
+    # exact. A number this client does not know is reported as itself.
+    name = "exact" if precision == 0 else _PRECISION_NAMES.get(precision, f"unknown ({precision})")
+    return y, ForwardInfo(name, version, request_id)
 
 
 FORWARD = "/qlinear.v1.Data/Forward"

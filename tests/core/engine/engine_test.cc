@@ -1,4 +1,6 @@
 // The serving core without gRPC: catalog, memory budget, batcher, stats.
+// Tests of batching time inject a FakeClock (Engine::Options::clock) and
+// step it: none sleeps for a batch to form or a deadline to pass.
 #include "core/engine/engine.h"
 
 #include <atomic>
@@ -11,6 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/engine/clock.h"
 #include "core/half.h"
 #include "core/kernels/qmm.h"
 
@@ -19,6 +22,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using Clock = Engine::Clock;
+using std::chrono::microseconds;
 
 QuantizedMatrix MakeMatrix(int64_t n, int64_t k, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -228,9 +232,13 @@ TEST(EngineTest, ForwardMatchesTheKernelAndValidates) {
 }
 
 // 64 concurrent single-row requests coalesce into batches, and each gets its
-// own row back, bit-identical to the row computed alone.
+// own row back, bit-identical to the row computed alone, whichever of the
+// two slots ran it. Time stands still: only full batches (16 rows) run.
 TEST(EngineTest, ConcurrentRowsBatchAndStayBitIdentical) {
-  auto engine = MakeEngine({.max_batch_rows = 64, .max_batch_delay_us = 20000});
+  FakeClock clock;  // outlives the engine, whose workers wait on it
+  auto engine = MakeEngine(
+      {.slots = 2, .max_batch_rows = 16, .max_batch_delay_us = 20000, .clock = &clock});
+  EXPECT_EQ(engine->slots(), 2);
   auto layer = MakeLayer(*engine, "l", 80, 512, 5);
   const int kClients = 64;
   const std::vector<float> x = RandomRows(kClients, 512, 6);
@@ -240,42 +248,95 @@ TEST(EngineTest, ConcurrentRowsBatchAndStayBitIdentical) {
     threads.emplace_back([&, c] { results[c] = Call(*engine, Request("l", x.data() + c * 512, 1, 512)); });
   }
   for (auto& t : threads) t.join();
-  int64_t biggest = 0;
   for (int c = 0; c < kClients; ++c) {
     ASSERT_TRUE(results[c].status.ok()) << results[c].status;
     const std::vector<float> want = Solo(*layer, x.data() + c * 512, 1);
     ASSERT_EQ(std::memcmp(results[c].y.data(), want.data(), want.size() * 4), 0) << "client " << c;
-    biggest = std::max(biggest, results[c].batch_rows);
+    EXPECT_EQ(results[c].batch_rows, 16) << "client " << c;
+    EXPECT_EQ(results[c].batch_requests, 16) << "client " << c;
+    EXPECT_EQ(results[c].queue_us, 0) << "no time passed";
   }
-  EXPECT_GT(biggest, 1);
   auto stats = engine->catalog().Get("l")->stats;
-  EXPECT_LT(stats->batches(), static_cast<uint64_t>(kClients));
+  EXPECT_EQ(stats->batches(), 4u);
   EXPECT_EQ(stats->rows(absl::StatusCode::kOk), static_cast<uint64_t>(kClients));
-  EXPECT_GT(stats->batch_rows.Read().max, 1.0);
+  EXPECT_EQ(stats->batch_rows.Read().max, 16.0);
 }
 
+// A batch that is not full waits max_batch_delay_us after its first
+// request arrived, on the engine's clock, and not a microsecond less; the
+// request's queue time is that wait.
+TEST(EngineTest, PartialBatchWaitsForTheDelayOnTheInjectedClock) {
+  FakeClock clock;
+  auto engine = MakeEngine({.max_batch_rows = 8, .max_batch_delay_us = 1000, .clock = &clock});
+  auto layer = MakeLayer(*engine, "l", 24, 128, 5);
+  const std::vector<float> x = RandomRows(2, 128, 6);
+  const Clock::time_point ready = clock.Now() + microseconds(1000);
+  std::promise<Engine::ForwardResult> first, second;
+  const uint64_t w = clock.waits();
+  ASSERT_TRUE(engine->Submit(Request("l", x.data(), 1, 128), [&](Engine::ForwardResult r) {
+    first.set_value(std::move(r));
+  }).ok());
+  ASSERT_TRUE(clock.BlockUntilWaiting(ready, w));  // a slot waits for the delay
+  clock.AdvanceBy(microseconds(600));
+  ASSERT_TRUE(engine->Submit(Request("l", x.data() + 128, 1, 128), [&](Engine::ForwardResult r) {
+    second.set_value(std::move(r));
+  }).ok());
+  clock.AdvanceBy(microseconds(399));
+  EXPECT_EQ(engine->unanswered(), 2);
+  EXPECT_EQ(engine->queued_rows(), 2);
+  clock.AdvanceBy(microseconds(1));  // head arrival + delay: both go in one batch
+  const Engine::ForwardResult a = first.get_future().get();
+  const Engine::ForwardResult b = second.get_future().get();
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  ASSERT_TRUE(b.status.ok()) << b.status;
+  EXPECT_EQ(a.batch_rows, 2);
+  EXPECT_EQ(a.queue_us, 1000);
+  EXPECT_EQ(b.queue_us, 400);
+  const std::vector<float> want = Solo(*layer, x.data(), 2);
+  EXPECT_EQ(std::memcmp(a.y.data(), want.data(), 24 * 4), 0);
+  EXPECT_EQ(std::memcmp(b.y.data(), want.data() + 24, 24 * 4), 0);
+  EXPECT_EQ(engine->catalog().Get("l")->stats->batches(), 1u);
+}
+
+// With two slots, two batches of one request may run at once, each writing
+// its own rows of the answer.
 TEST(EngineTest, LargeRequestsSplitAcrossBatches) {
-  auto engine = MakeEngine({.max_batch_rows = 16});
-  auto layer = MakeLayer(*engine, "l", 40, 128, 7);
-  const std::vector<float> x = RandomRows(53, 128, 8);
-  Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 53, 128));
-  ASSERT_TRUE(r.status.ok());
-  const std::vector<float> want = Solo(*layer, x.data(), 53);
-  EXPECT_EQ(std::memcmp(r.y.data(), want.data(), want.size() * 4), 0);
-  EXPECT_EQ(r.batch_rows, 16);
-  EXPECT_EQ(engine->catalog().Get("l")->stats->batches(), 4u);
+  for (int slots : {1, 2}) {
+    auto engine = MakeEngine({.slots = slots, .max_batch_rows = 16});
+    auto layer = MakeLayer(*engine, "l", 40, 128, 7);
+    const std::vector<float> x = RandomRows(53, 128, 8);
+    for (DType yd : {DType::kF32, DType::kBF16}) {
+      Engine::ForwardRequest req = Request("l", x.data(), 53, 128);
+      req.y_dtype = yd;
+      Engine::ForwardResult r = Call(*engine, req);
+      ASSERT_TRUE(r.status.ok()) << r.status;
+      const std::vector<float> want = Solo(*layer, x.data(), 53);
+      ASSERT_EQ(r.y.size(), want.size() * DTypeSize(yd));
+      for (size_t i = 0; i < want.size(); ++i) {
+        ASSERT_EQ(LoadFloat(yd, r.y.data(), i), RoundTo(yd, want[i])) << "slots " << slots << ", " << i;
+      }
+      EXPECT_EQ(r.batch_rows, 16);
+    }
+    EXPECT_EQ(engine->catalog().Get("l")->stats->batches(), 8u) << "slots " << slots;
+  }
 }
 
 TEST(EngineTest, DeadlineCancelAndQueueLimits) {
-  auto engine = MakeEngine({.max_batch_rows = 1024, .max_batch_delay_us = 200000, .max_queue_rows = 10});
+  FakeClock clock;
+  auto engine = MakeEngine({.max_batch_rows = 1024, .max_batch_delay_us = 200000,
+                            .max_queue_rows = 10, .clock = &clock});
   auto layer = MakeLayer(*engine, "l", 16, 64, 9);
   const std::vector<float> x = RandomRows(8, 64, 10);
   std::promise<Engine::ForwardResult> expired, cancelled, ok;
+  std::atomic<int> asked{0};
   Engine::ForwardRequest a = Request("l", x.data(), 1, 64);
-  a.deadline = Clock::now() + std::chrono::milliseconds(20);
+  a.deadline = clock.Now() + std::chrono::milliseconds(20);
   ASSERT_TRUE(engine->Submit(a, [&](Engine::ForwardResult r) { expired.set_value(std::move(r)); }).ok());
   Engine::ForwardRequest b = Request("l", x.data(), 1, 64);
-  b.cancelled = [] { return true; };
+  b.cancelled = [&asked] {
+    asked++;
+    return true;
+  };
   ASSERT_TRUE(engine->Submit(b, [&](Engine::ForwardResult r) { cancelled.set_value(std::move(r)); }).ok());
   ASSERT_TRUE(engine->Submit(Request("l", x.data(), 8, 64),
                              [&](Engine::ForwardResult r) { ok.set_value(std::move(r)); }).ok());
@@ -285,9 +346,22 @@ TEST(EngineTest, DeadlineCancelAndQueueLimits) {
   });
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(full.message(), HasSubstr("10 of 10 rows queued"));
-  EXPECT_EQ(expired.get_future().get().status.code(), absl::StatusCode::kDeadlineExceeded);
+  // The deadline passes while the batch waits for more rows; nothing is
+  // answered until the delay ends.
+  clock.AdvanceBy(std::chrono::milliseconds(20));
+  EXPECT_EQ(engine->unanswered(), 3);
+  EXPECT_EQ(asked.load(), 0);
+  clock.AdvanceBy(std::chrono::milliseconds(180));
+  const Engine::ForwardResult timed_out = expired.get_future().get();
+  EXPECT_EQ(timed_out.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(timed_out.queue_us, 200000);
+  EXPECT_TRUE(timed_out.y.empty());
   EXPECT_EQ(cancelled.get_future().get().status.code(), absl::StatusCode::kCancelled);
-  EXPECT_TRUE(ok.get_future().get().status.ok());
+  EXPECT_EQ(asked.load(), 1);  // asked once, just before it would have run
+  const Engine::ForwardResult ran = ok.get_future().get();
+  EXPECT_TRUE(ran.status.ok());
+  EXPECT_EQ(ran.batch_requests, 1);
+  EXPECT_EQ(ran.queue_us, 200000);
   auto stats = engine->catalog().Get("l")->stats;
   EXPECT_EQ(stats->requests(absl::StatusCode::kDeadlineExceeded), 1u);
   EXPECT_EQ(stats->requests(absl::StatusCode::kCancelled), 1u);
@@ -491,11 +565,39 @@ TEST(EngineTest, PrecisionNotEnabledIsRefused) {
   EXPECT_TRUE(Call(*engine, req).status.ok());
 }
 
+// No mode outside the set runs: INT8 asked of an mxfp8 layer would run
+// BF16, so with --precisions exact,int8 it is refused, naming both.
+TEST(EngineTest, PrecisionThatWouldRunIsCheckedToo) {
+  auto set = PrecisionSet::Parse("exact,int8");
+  ASSERT_TRUE(set.ok());
+  auto engine = MakeEngine({.precisions = *set});
+  std::vector<float> w = RandomRows(32, 256, 5);
+  LoadedLayer mx{"mx", *Quantize({QuantMode::kMxfp8, 8, 32}, DType::kF32, w.data(), 32, 256), {},
+                 std::nullopt};
+  ASSERT_TRUE(engine->catalog().Publish(mx, {}, false).ok());
+  const std::vector<float> x = RandomRows(2, 256, 6);
+  Engine::ForwardRequest req = Request("mx", x.data(), 2, 256);
+  req.precision = Precision::kInt8;
+  absl::Status s = engine->Submit(req, [](Engine::ForwardResult) {
+    ADD_FAILURE() << "a refused request must not be answered";
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "precision int8 runs as bf16 on mxfp8 layer 'mx', and bf16 is not enabled on this "
+            "server (--precisions exact,int8)");
+  // INT8 of an affine layer runs INT8, which is enabled.
+  auto layer = MakeLayer(*engine, "l", 16, 256, 9);
+  Engine::ForwardRequest ok = Request("l", x.data(), 2, 256);
+  ok.precision = Precision::kInt8;
+  EXPECT_TRUE(Call(*engine, ok).status.ok());
+}
+
 // A queue of exact and int8 requests to one layer: batches form per
 // precision in FIFO order (exact, exact | int8 × 3 | exact), never mixed,
 // and every answer is its own mode's bits.
 TEST(EngineTest, MixedPrecisionQueueNeverMixesABatch) {
-  auto engine = MakeEngine({.max_batch_rows = 64, .max_batch_delay_us = 300000});
+  FakeClock clock;
+  auto engine = MakeEngine({.max_batch_rows = 64, .max_batch_delay_us = 300000, .clock = &clock});
   auto layer = MakeLayer(*engine, "l", 40, 128, 7);
   const std::vector<Precision> order = {Precision::kExact, Precision::kExact, Precision::kInt8,
                                         Precision::kInt8,  Precision::kInt8,  Precision::kExact};
@@ -509,6 +611,9 @@ TEST(EngineTest, MixedPrecisionQueueNeverMixesABatch) {
       promises[i].set_value(std::move(r));
     }).ok());
   }
+  // The first two runs are closed (a request of another precision follows);
+  // the last one waits for the delay.
+  clock.AdvanceBy(microseconds(300000));
   for (size_t i = 0; i < order.size(); ++i) {
     Engine::ForwardResult r = promises[i].get_future().get();
     ASSERT_TRUE(r.status.ok()) << r.status;
