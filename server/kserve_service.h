@@ -22,7 +22,7 @@
 // PERMISSION_DENIED from the Authorizer, checked first in every method.
 //
 // Thread safety: handlers run on gRPC threads and never block; ModelInfer
-// finishes from the engine's dispatcher or completer thread.
+// finishes from the engine's compute slot that answered it.
 #ifndef QLINEAR_SERVER_KSERVE_SERVICE_H_
 #define QLINEAR_SERVER_KSERVE_SERVICE_H_
 
