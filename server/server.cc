@@ -251,8 +251,11 @@ bool QlinearServer::Shutdown(std::chrono::steady_clock::time_point deadline,
   SetHealth(false);
   data_->BeginDrain();  // streams stop reading, answer what they hold, end UNAVAILABLE
   drained_ = engine_->Drain(deadline, counts);
-  // Every accepted Forward is answered now; stop gRPC (uploads still
-  // streaming are cancelled).
+  // Every accepted Forward is answered now; let the answers leave (a large
+  // one takes a while through HTTP/2 flow control), then stop gRPC
+  // (uploads still streaming are cancelled).
+  data_->WaitForSent(std::chrono::steady_clock::now() + std::chrono::seconds(5),
+                     std::chrono::milliseconds(100));
   const auto stop_by = std::chrono::system_clock::now() + std::chrono::seconds(1);
   if (admin_server_ != nullptr) admin_server_->Shutdown(stop_by);
   server_->Shutdown(stop_by);

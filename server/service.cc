@@ -4,6 +4,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -103,8 +104,11 @@ class UploadReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 // stats corrected and the access line written.
 class ForwardReactor : public grpc::ServerUnaryReactor {
  public:
-  ForwardReactor(Engine* engine, grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
-      : engine_(engine), context_(context), response_(response) {}
+  ForwardReactor(DataService* service, Engine* engine, grpc::CallbackServerContext* context,
+                 grpc::ByteBuffer* response)
+      : service_(service), engine_(engine), context_(context), response_(response) {
+    service_->ForwardOpened();
+  }
 
   void Start(const Authorizer* auth, const grpc::ByteBuffer* request, const ForwardLimits& limits) {
     auto caller = CheckCall(auth, *context_, Plane::kData);
@@ -168,10 +172,13 @@ class ForwardReactor : public grpc::ServerUnaryReactor {
            {"queue_us", result_.queue_us},
            {"compute_us", result_.compute_us}});
     }
+    DataService* service = service_;
     delete this;
+    service->ForwardDone();
   }
 
  private:
+  DataService* service_;
   void Answer(const absl::Status& status) {
     code_ = status.code();
     Finish(ToGrpc(status));
@@ -266,7 +273,7 @@ class ForwardStreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       read_closed_ = true;
       MaybeFinishLocked(&act);
     } else {
-      HandleRequest(&act);
+      HandleRequest(&act);  // nothing, if the stream finished meanwhile
     }
     Run(act);
   }
@@ -438,6 +445,11 @@ class ForwardStreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     {
       absl::MutexLock lock(&mu_);
       reading_ = false;
+      // The stream may have finished (a drain, a broken write) while this
+      // read was outstanding: then nothing more may start on it — no Submit
+      // whose callback could outlive the reactor, no write. (Counted as
+      // read above, if it was bad; never answered.)
+      if (finished_) return;
       ++in_flight_;
       if (status.ok()) {
         if (!pending_.try_emplace(id, std::move(pending)).second) {
@@ -746,6 +758,16 @@ void DataService::RemoveStream(ForwardStreamReactor* stream) {
   streams_.erase(stream);
 }
 
+bool DataService::WaitForSent(std::chrono::steady_clock::time_point deadline,
+                              std::chrono::milliseconds linger) {
+  while (open_forwards_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const bool sent = open_forwards_.load() == 0;
+  std::this_thread::sleep_for(linger);
+  return sent;
+}
+
 void DataService::BeginDrain() {
   absl::MutexLock lock(&streams_mu_);
   draining_ = true;
@@ -757,7 +779,7 @@ void DataService::BeginDrain() {
 grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* context,
                                                const grpc::ByteBuffer* request,
                                                grpc::ByteBuffer* response) {
-  auto* reactor = new ForwardReactor(engine_, context, response);
+  auto* reactor = new ForwardReactor(this, engine_, context, response);
   reactor->Start(auth_, request, limits_);
   return reactor;
 }

@@ -23,6 +23,8 @@
 #ifndef QLINEAR_SERVER_SERVICE_H_
 #define QLINEAR_SERVER_SERVICE_H_
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -113,6 +115,18 @@ class DataService final
   // UNAVAILABLE at once. Call before Engine::Drain. Idempotent.
   void BeginDrain();
 
+  // WaitForSent waits, until `deadline` at most, for every unary Forward
+  // the engine has answered to finish sending (its OnDone ran), then
+  // `linger` more for clients to read the last bytes: the server stops gRPC
+  // after it, and a transport closed while a client still reads a large
+  // answer can reach it as a connection reset. Returns whether none was
+  // left. Call after Engine::Drain.
+  bool WaitForSent(std::chrono::steady_clock::time_point deadline,
+                   std::chrono::milliseconds linger);
+  // For ForwardReactor: one more unary Forward open / one less.
+  void ForwardOpened() { open_forwards_.fetch_add(1); }
+  void ForwardDone() { open_forwards_.fetch_sub(1); }
+
   // For the stream reactors (server/service.cc): register / unregister.
   bool AddStream(ForwardStreamReactor* stream);  // false: draining
   void RemoveStream(ForwardStreamReactor* stream);
@@ -126,6 +140,7 @@ class DataService final
   absl::Mutex streams_mu_;
   bool draining_ ABSL_GUARDED_BY(streams_mu_) = false;
   std::set<ForwardStreamReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
+  std::atomic<int64_t> open_forwards_{0};
 };
 
 }  // namespace qlinear

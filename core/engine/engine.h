@@ -102,7 +102,9 @@ class Engine {
     // The mode asked for; what runs is EffectivePrecision(layer, precision).
     Precision precision = Precision::kExact;
     Clock::time_point deadline = Clock::time_point::max();
-    std::function<bool()> cancelled;  // optional; polled while queued
+    // Optional; asked once, outside any lock, just before the request's
+    // first rows join a batch.
+    std::function<bool()> cancelled;
     // The largest answer the caller can deliver (0: no limit): Submit
     // refuses with RESOURCE_EXHAUSTED, before queueing, a request whose
     // answer — rows × the resolved layer's N × y_dtype's size, plus
