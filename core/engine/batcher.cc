@@ -289,7 +289,9 @@ bool Batcher::Drain(TimePoint deadline, DrainCounts* counts) {
     absl::MutexLock lock(&mu_);
     draining_ = true;
     work_cv_.SignalAll();  // no more delay: waiting batches are ready now
-    c.pending = tasks_;
+    // Not tasks_: a task whose `done` is still returning was answered
+    // before Drain began (its client may have the answer already).
+    c.pending = unanswered_;
     refused_before = refused_draining_;
     while (tasks_ != 0 && !clock_->WaitUntil(&mu_, &idle_cv_, deadline)) {
     }

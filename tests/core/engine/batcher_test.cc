@@ -417,6 +417,50 @@ TEST(BatcherTest, DrainRunsWaitingBatchesAtOnce) {
   EXPECT_EQ(h.Submit(2, "a", 1).code(), absl::StatusCode::kUnavailable);
 }
 
+// A task whose `done` is still returning when Drain begins was answered
+// before it (its client may hold the answer already): not pending.
+TEST(BatcherTest, DrainCountsAnAnswerStillLeavingAsNotPending) {
+  FakeClock clock;
+  absl::Mutex mu;
+  absl::CondVar cv;
+  bool in_done = false, let_go = false;
+  auto b = Batcher::Create(
+      Opts(&clock, 4), [](const Batcher::Batch&) {},
+      [&](std::unique_ptr<BatchTask>, absl::Status) {
+        absl::MutexLock lock(&mu);
+        in_done = true;
+        cv.SignalAll();
+        const absl::Time give_up = absl::Now() + kGuard;
+        while (!let_go && !cv.WaitWithDeadline(&mu, give_up)) {
+        }
+      });
+  ASSERT_TRUE(b.ok()) << b.status();
+  Batcher& batcher = **b;
+  std::unique_ptr<BatchTask> task = std::make_unique<TestTask>(1);
+  ASSERT_TRUE(batcher.Submit({"a", 1, Precision::kExact, 1, TimePoint::max(), nullptr}, &task).ok());
+  {
+    absl::MutexLock lock(&mu);
+    const absl::Time give_up = absl::Now() + kGuard;
+    while (!in_done && !cv.WaitWithDeadline(&mu, give_up)) {
+    }
+    ASSERT_TRUE(in_done);
+  }
+  EXPECT_EQ(batcher.unanswered(), 0);
+  Batcher::DrainCounts counts;
+  std::thread drain([&] { EXPECT_TRUE(batcher.Drain(TimePoint::max(), &counts)); });
+  const absl::Time give_up = absl::Now() + kGuard;
+  while (!batcher.draining() && absl::Now() < give_up) std::this_thread::yield();
+  {
+    absl::MutexLock lock(&mu);
+    let_go = true;
+    cv.SignalAll();
+  }
+  drain.join();
+  EXPECT_EQ(counts.pending, 0);
+  EXPECT_EQ(counts.answered, 0);
+  EXPECT_EQ(counts.unavailable, 0);
+}
+
 TEST(BatcherTest, DrainRefusesAndAnswersQueuedWorkAtItsDeadline) {
   FakeClock clock;
   Harness h(Opts(&clock, 4), /*gated=*/true);
