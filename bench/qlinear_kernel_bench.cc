@@ -114,9 +114,12 @@ void BM_Qmm(benchmark::State& state, QuantParams p, DType xd, int64_t n, int64_t
     benchmark::ClobberMemory();
   }
   SetCounters(state, m, n, k, layers[0]->packed.bytes());
+  MatmulOptions ran = options;
+  ran.precision = EffectivePrecision(p, precision);
   state.SetLabel(std::string(SimdTargetName(options.target)) + ", " +
                  std::to_string(Arena().max_concurrency()) + " threads, " +
-                 std::string(PrecisionName(EffectivePrecision(p, precision))) + " ran");
+                 std::string(PrecisionName(ran.precision)) + " ran, " +
+                 std::string(KernelStrategyName(ChooseStrategy(ran, m))) + " kernel");
 }
 
 // Registers the exact case `name` and, for float32 inputs, right after it
@@ -262,6 +265,9 @@ void RegisterAll(bool full_grid) {
       for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 128, 256}) cases.push_back({b4, xd, n, k, m});
     }
   }
+  // A layer of one 64-output block: only the split of rows among tasks
+  // gives a second thread work (qmm.cc).
+  for (int64_t m : {1, 32, 128}) cases.push_back({b4, DType::kF32, 64, 4096, m});
   for (const Case& c : cases) {
     RegisterQmm(CaseName(c.p, c.xd, c.n, c.k, c.m), c.p, c.xd, c.n, c.k, c.m, 1);
   }

@@ -225,6 +225,10 @@ static inline void PrefetchCodes(const TileArgs& a, int tiles, int64_t words_per
 void TileKernelPortable(const TileArgs& args);
 void TileKernelAvx2(const TileArgs& args);
 void TileKernelAvx512(const TileArgs& args);
+// The panel strategy (qmm_panel_avx512.cc), EXACT only, AVX-512F and BW:
+// the same bits as TileKernelAvx512 for any number of rows (args.rows is
+// not limited to kMaxRows; x must be the unscaled input) over whole blocks.
+void PanelKernelAvx512(const TileArgs& args);
 void TileKernelInt8Portable(const TileArgs& args);
 void TileKernelInt8Avx2(const TileArgs& args);
 void TileKernelInt8Avx512Vnni(const TileArgs& args);  // needs AVX512-VNNI

@@ -57,6 +57,12 @@ using kernels::TileArgs;
 
 using TileFn = void (*)(const TileArgs&);
 
+// The fewest rows a panel task takes (qmm_panel_avx512.cc decodes each
+// group once per task): two of its 12-row micro-kernel blocks.
+constexpr int64_t kPanelChunkRows = 24;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 TileFn KernelFor(SimdTarget target) {
   switch (target) {
     case SimdTarget::kAvx512:
@@ -246,6 +252,41 @@ SimdTarget DefaultSimdTarget() {
   return chosen;
 }
 
+absl::string_view KernelStrategyName(KernelStrategy strategy) {
+  switch (strategy) {
+    case KernelStrategy::kRegister:
+      return "register";
+    case KernelStrategy::kPanel:
+      return "panel";
+    case KernelStrategy::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+KernelStrategy DefaultKernelStrategy() {
+  static const KernelStrategy chosen = [] {
+    if (const char* env = std::getenv("QLINEAR_KERNEL")) {
+      for (KernelStrategy s : {KernelStrategy::kRegister, KernelStrategy::kPanel}) {
+        if (KernelStrategyName(s) == env) return s;
+      }
+    }
+    return KernelStrategy::kAuto;
+  }();
+  return chosen;
+}
+
+KernelStrategy ChooseStrategy(const MatmulOptions& options, int64_t rows) {
+  if (options.target != SimdTarget::kAvx512 || options.precision != Precision::kExact) {
+    return KernelStrategy::kRegister;
+  }
+  // kAuto: the register kernel at every row count, on every CPU measured
+  // so far (qmm.h). A rule by shape and CPU goes here.
+  (void)rows;
+  return options.strategy == KernelStrategy::kPanel ? KernelStrategy::kPanel
+                                                    : KernelStrategy::kRegister;
+}
+
 namespace {
 
 int LaneBits(const QuantParams& params) {
@@ -388,12 +429,17 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     if (w.params_.has_biases()) kernels::Bf16GroupSums(xf, rows, k, gs, xsum);
   }
 
-  // The AVX-512 kernel reads integer codes from pre-scaled inputs
+  MatmulOptions effective = options;
+  effective.precision = precision;
+  const bool panel = ChooseStrategy(effective, rows) == KernelStrategy::kPanel;
+
+  // The AVX-512 tile kernel reads integer codes from pre-scaled inputs
   // (kernel_args.h), and so does the AVX2 kernel for one row (with several
   // rows it is FMA-bound, and its masks in place measured no faster),
-  // unless some |x| is too small to scale exactly.
+  // unless some |x| is too small to scale exactly. The panel decodes
+  // codes to their values and reads x as it is.
   const float* x_scaled = nullptr;
-  if (precision == Precision::kExact && w.decode_ == Decode::kInt &&
+  if (!panel && precision == Precision::kExact && w.decode_ == Decode::kInt &&
       (options.target == SimdTarget::kAvx512 ||
        (options.target == SimdTarget::kAvx2 && rows == 1))) {
     float* buf = Grow(scratch.x_scaled, static_cast<size_t>(rows * k));
@@ -411,6 +457,7 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
 
   const TileFn kernel = precision == Precision::kInt8   ? Int8KernelFor(options.target)
                         : precision == Precision::kBf16 ? Bf16KernelFor(options.target)
+                        : panel                         ? kernels::PanelKernelAvx512
                                                         : KernelFor(options.target);
   TileArgs base{};
   base.xp = xp;
@@ -438,21 +485,39 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   const size_t block_words = static_cast<size_t>(kBlockTiles * w.words_per_tile_);
   const size_t block_param_bytes =
       static_cast<size_t>(groups * kBlockStride) * w.scale_bytes();
-  // The body takes its block by value (TBB's index form): TBB reads its
+  // Tasks over outputs and rows (never over k: that would change each
+  // output's summation order): blocks of 64 outputs, and the rows in
+  // chunks, halved while there are fewer than four tasks per thread (a
+  // layer of few blocks still gives every thread work). A chunk is whole
+  // row blocks of the kernel: kMaxRows rows for the tile kernels, at least
+  // kPanelChunkRows for the panel (each chunk decodes its panels again).
+  const int64_t threads = options.arena != nullptr ? options.arena->max_concurrency()
+                                                   : tbb::this_task_arena::max_concurrency();
+  const int64_t unit = panel ? kPanelChunkRows : kMaxRows;
+  int64_t chunk = panel ? rows : std::max<int64_t>(rows, kMaxRows);
+  while (chunk > unit && blocks * CeilDiv(rows, chunk) < 4 * threads) {
+    chunk = std::max(unit, CeilDiv(CeilDiv(chunk, 2), unit) * unit);
+  }
+  const int64_t chunks = CeilDiv(rows, chunk);
+  // The body takes its task by value (TBB's index form): TBB reads its
   // ranges in its own frames, which the TSan build's suppressions name.
-  auto run_block = [&](int64_t b) {
+  auto run_task = [&](int64_t task) {
     HappensAfter();
+    const int64_t b = task / chunks;
+    const int64_t first = task % chunks * chunk;
+    const int64_t last = std::min(rows, first + chunk);
     TileArgs a = base;
     a.tiles = kBlockTiles;
     a.codes = w.codes() + b * block_words;
     a.scales = w.scales_.data() + b * block_param_bytes;
     a.biases = w.biases_.empty() ? nullptr : w.biases_.data() + b * block_param_bytes;
-    // Row blocks inside: the block's codes stay in L2 while each 8-row
-    // block of x meets them.
-    for (int64_t m = 0; m < rows; m += kMaxRows) {
-      a.rows = static_cast<int>(std::min<int64_t>(kMaxRows, rows - m));
+    // The panel takes the chunk at once; the tile kernels row block by row
+    // block, the block's codes staying in L2 while each meets them.
+    const int64_t step = panel ? chunk : kMaxRows;
+    for (int64_t m = first; m < last; m += step) {
+      a.rows = static_cast<int>(std::min<int64_t>(step, last - m));
       a.x = xf + m * k;
-      a.x_scaled = x_scaled == nullptr ? nullptr : x_scaled + m * k;
+      a.x_scaled = base.x_scaled == nullptr ? nullptr : base.x_scaled + m * k;
       a.xsum = xsum + m * groups;
       a.xp = xp == nullptr ? nullptr : static_cast<const char*>(xp) + m * xp_stride;
       a.xd = xd == nullptr ? nullptr : xd + m * xd_stride;
@@ -463,11 +528,12 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     HappensBefore();
   };
   auto run = [&] {
-    // One block (64 outputs) per task: on a shared host one core can run
+    // One task per block and chunk: on a shared host one core can run
     // slower than the other, and a one-row block is only ~4 us of work, so
-    // finer tasks even out the end of a call (measured 2-3 % faster at one
+    // fine tasks even out the end of a call (measured 2-3 % faster at one
     // row than 4 chunks per thread, no change for larger batches).
-    tbb::parallel_for(int64_t{0}, blocks, int64_t{1}, run_block, tbb::simple_partitioner());
+    tbb::parallel_for(int64_t{0}, blocks * chunks, int64_t{1}, run_task,
+                      tbb::simple_partitioner());
   };
   HappensBefore();
   if (options.arena != nullptr) {

@@ -39,8 +39,31 @@ bool SimdTargetSupported(SimdTarget target);
 // variable QLINEAR_SIMD (portable | avx2 | avx512) when set; chosen once.
 SimdTarget DefaultSimdTarget();
 
+// How an EXACT product on AVX-512 uses the cores' pipes; every strategy
+// gives the same bits (kernel_args.h's sequence), only speed differs.
+//   kRegister: codes decoded in registers, shared by up to 8 rows
+//              (qmm_avx512.cc).
+//   kPanel:    one group of codes decoded once into a float32 panel in L1,
+//              then a 12-row x 32-output micro-kernel over every row
+//              (qmm_panel_avx512.cc), the GEMM-style strategy.
+//   kAuto:     ChooseStrategy's rule.
+// Measured (docs/performance.md, N = K = 4096 4-bit): the panel was slower
+// than the register kernel at every M from 1 to 128 on Zen 5 (2 threads)
+// and on a 16-core Xeon (8 and 16 threads), so kAuto runs the register
+// kernel; the panel is there to be asked for (QLINEAR_KERNEL=panel) and
+// measured on other CPUs. Other targets and precisions run their tile
+// kernels whatever is asked.
+enum class KernelStrategy { kAuto = 0, kRegister = 1, kPanel = 2 };
+
+absl::string_view KernelStrategyName(KernelStrategy strategy);
+
+// DefaultKernelStrategy is kAuto unless the environment variable
+// QLINEAR_KERNEL (auto | register | panel) says otherwise; read once.
+KernelStrategy DefaultKernelStrategy();
+
 struct MatmulOptions {
   SimdTarget target = DefaultSimdTarget();
+  KernelStrategy strategy = DefaultKernelStrategy();
   // Run inside this arena (owned by the caller); null: the calling thread's
   // current arena.
   tbb::task_arena* arena = nullptr;
@@ -48,6 +71,11 @@ struct MatmulOptions {
   // EffectivePrecision(w.params(), precision).
   Precision precision = Precision::kExact;
 };
+
+// ChooseStrategy is what QuantizedMatmul runs for `rows` rows under
+// `options`: kRegister or kPanel, never kAuto (kPanel only when asked for,
+// and only for EXACT on AVX-512). The one dispatch point between them.
+KernelStrategy ChooseStrategy(const MatmulOptions& options, int64_t rows);
 
 // CpuHasVnni / CpuHasAvx512Bf16 tell whether this CPU has AVX512-VNNI
 // (vpdpbusd on 512 bits) and AVX512-BF16 (vdpbf16ps): the INT8 and BF16

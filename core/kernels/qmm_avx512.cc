@@ -22,22 +22,6 @@
 namespace qlinear::kernels {
 namespace {
 
-template <Decode D>
-__attribute__((always_inline)) inline __m512 DecodeLane(__m512i c, __m512 lut) {
-  if constexpr (D == Decode::kInt) {
-    (void)lut;
-    return _mm512_cvtepi32_ps(c);
-  } else if constexpr (D == Decode::kFp4) {
-    return _mm512_permutexvar_ps(c, lut);
-  } else {
-    (void)lut;
-    const __m512i mag = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x7F)), 20);
-    const __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(mag), _mm512_set1_ps(0x1p120f));
-    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
-  }
-}
-
 template <int B, Decode D, bool kScaled, int R, int T, int I>
 __attribute__((always_inline)) inline void Step(const uint32_t* const* p, const __m512i* w,
                                                 const float* const* x, int64_t k,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <random>
 #include <utility>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -21,6 +22,25 @@ inline std::vector<SimdTarget> Targets() {
   std::vector<SimdTarget> out;
   for (SimdTarget t : {SimdTarget::kPortable, SimdTarget::kAvx2, SimdTarget::kAvx512}) {
     if (SimdTargetSupported(t)) out.push_back(t);
+  }
+  return out;
+}
+
+// Paths lists every way this CPU can compute an EXACT product: each
+// target, and on AVX-512 each kernel strategy (qmm.h), with a name for
+// failure messages.
+struct Path {
+  SimdTarget target;
+  KernelStrategy strategy;
+  std::string name() const {
+    return std::string(SimdTargetName(target)) + "/" + std::string(KernelStrategyName(strategy));
+  }
+};
+inline std::vector<Path> Paths() {
+  std::vector<Path> out;
+  for (SimdTarget t : Targets()) {
+    out.push_back({t, KernelStrategy::kRegister});
+    if (t == SimdTarget::kAvx512) out.push_back({t, KernelStrategy::kPanel});
   }
   return out;
 }

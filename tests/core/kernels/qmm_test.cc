@@ -58,9 +58,10 @@ TEST_P(FormatTest, MatchesReferenceOnEveryTarget) {
       const std::vector<uint8_t> x = Random(xd, m * k, 5);
       std::vector<double> ref(static_cast<size_t>(m * n));
       ReferenceForwardDouble(q, xd, x.data(), m, bias.data(), ref.data());
-      for (SimdTarget target : Targets()) {
+      for (const Path& path : Paths()) {
+        const MatmulOptions options{.target = path.target, .strategy = path.strategy};
         std::vector<float> y(static_cast<size_t>(m * n));
-        QuantizedMatmul(packed, xd, x.data(), m, bias.data(), DType::kF32, y.data(), {.target = target});
+        QuantizedMatmul(packed, xd, x.data(), m, bias.data(), DType::kF32, y.data(), options);
         for (int64_t i = 0; i < m; ++i) {
           for (int64_t j = 0; j < n; ++j) {
             double mag = std::abs(bias[static_cast<size_t>(j)]);
@@ -72,13 +73,13 @@ TEST_P(FormatTest, MatchesReferenceOnEveryTarget) {
             ASSERT_LE(std::abs(y[o] - ref[o]), 1e-6 * mag + 1e-30)
                 << p.ToString() << " K=" << k << " N=" << n << " weights "
                 << ShortDTypeName(w_dtype) << " x " << ShortDTypeName(xd) << " on "
-                << SimdTargetName(target) << " at " << i << "," << j;
+                << path.name() << " at " << i << "," << j;
           }
         }
         // Other output dtypes are the float32 result rounded once.
         for (DType yd : {DType::kF16, DType::kBF16}) {
           std::vector<uint8_t> yo(static_cast<size_t>(m * n) * 2);
-          QuantizedMatmul(packed, xd, x.data(), m, bias.data(), yd, yo.data(), {.target = target});
+          QuantizedMatmul(packed, xd, x.data(), m, bias.data(), yd, yo.data(), options);
           for (size_t o = 0; o < y.size(); ++o) {
             ASSERT_EQ(LoadFloat(yd, yo.data(), o), RoundTo(yd, y[o]));
           }
@@ -95,7 +96,9 @@ INSTANTIATE_TEST_SUITE_P(AllFormats, FormatTest, ::testing::ValuesIn(AllQuantPar
                                   std::to_string(p.bits) + "_g" + std::to_string(p.group_size);
                          });
 
-// A row's bits never depend on its batch, the thread count or the target.
+// A row's bits never depend on its batch, the thread count, the target or
+// the kernel strategy. (80 outputs are two blocks: with 4 threads the rows
+// are split among tasks too.)
 TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
   const int64_t n = 80, k = 512, total = 256;
   for (const QuantParams& p : {QuantParams{QuantMode::kAffine, 4, 64},
@@ -108,23 +111,24 @@ TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
     const std::vector<uint8_t> x = Random(DType::kF32, total * k, 8);
     const float* xf = reinterpret_cast<const float*>(x.data());
     // Baseline: every row alone, portable target, one thread.
-    tbb::task_arena one(1), two(2);
+    tbb::task_arena one(1), two(2), four(4);
     std::vector<float> alone(static_cast<size_t>(total * n));
     for (int64_t r = 0; r < total; ++r) {
       QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
                       alone.data() + r * n, {.target = SimdTarget::kPortable, .arena = &one});
     }
-    for (SimdTarget target : Targets()) {
-      for (tbb::task_arena* arena : {&one, &two}) {
-        for (int64_t batch : {1, 2, 7, 64, 256}) {
+    for (const Path& path : Paths()) {
+      for (tbb::task_arena* arena : {&one, &two, &four}) {
+        for (int64_t batch : {1, 2, 7, 13, 30, 64, 256}) {
           std::vector<float> y(static_cast<size_t>(total * n));
           for (int64_t r = 0; r < total; r += batch) {
             const int64_t rows = std::min(batch, total - r);
             QuantizedMatmul(packed, DType::kF32, xf + r * k, rows, nullptr, DType::kF32,
-                            y.data() + r * n, {.target = target, .arena = arena});
+                            y.data() + r * n,
+                            {.target = path.target, .strategy = path.strategy, .arena = arena});
           }
           ASSERT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
-              << p.ToString() << " " << SimdTargetName(target) << " threads "
+              << p.ToString() << " " << path.name() << " threads "
               << arena->max_concurrency() << " batch " << batch;
         }
       }
@@ -154,18 +158,18 @@ TEST(BatchInvarianceTest, TinyInputsChangeThePathNotTheBits) {
       QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
                       alone.data() + r * n, {.target = SimdTarget::kPortable, .arena = &one});
     }
-    for (SimdTarget target : Targets()) {
+    for (const Path& path : Paths()) {
+      const MatmulOptions options{.target = path.target, .strategy = path.strategy, .arena = &one};
       std::vector<float> y(static_cast<size_t>(rows * n));
-      QuantizedMatmul(packed, DType::kF32, xf, rows, nullptr, DType::kF32, y.data(),
-                      {.target = target, .arena = &one});
+      QuantizedMatmul(packed, DType::kF32, xf, rows, nullptr, DType::kF32, y.data(), options);
       EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
-          << p.ToString() << " " << SimdTargetName(target) << ", the batch with the tiny row";
+          << p.ToString() << " " << path.name() << ", the batch with the tiny row";
       for (int64_t r = 0; r < rows; ++r) {
         QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
-                        y.data() + r * n, {.target = target, .arena = &one});
+                        y.data() + r * n, options);
       }
       EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
-          << p.ToString() << " " << SimdTargetName(target) << ", rows alone";
+          << p.ToString() << " " << path.name() << ", rows alone";
     }
   }
 }
@@ -241,6 +245,30 @@ TEST(WeightMemoryTest, LargeLayersMatchTheReference) {
         }
         const size_t o = static_cast<size_t>(i * n + j);
         ASSERT_LE(std::abs(y[o] - ref[o]), 1e-6 * mag) << SimdTargetName(target) << " at " << i << "," << j;
+      }
+    }
+  }
+}
+
+// The one dispatch point: the panel runs only EXACT products on AVX-512,
+// and only when asked for; kAuto is the register kernel (qmm.h).
+TEST(KernelStrategyTest, ChooseStrategyHonoursTargetAndPrecision) {
+  EXPECT_EQ(KernelStrategyName(KernelStrategy::kAuto), "auto");
+  EXPECT_EQ(KernelStrategyName(KernelStrategy::kRegister), "register");
+  EXPECT_EQ(KernelStrategyName(KernelStrategy::kPanel), "panel");
+  for (SimdTarget target : Targets()) {
+    for (int64_t rows : {1, 15, 16, 128}) {
+      const bool avx512 = target == SimdTarget::kAvx512;
+      MatmulOptions o{.target = target, .strategy = KernelStrategy::kPanel};
+      EXPECT_EQ(ChooseStrategy(o, rows), avx512 ? KernelStrategy::kPanel : KernelStrategy::kRegister)
+          << SimdTargetName(target) << " " << rows;
+      o.strategy = KernelStrategy::kRegister;
+      EXPECT_EQ(ChooseStrategy(o, rows), KernelStrategy::kRegister);
+      o.strategy = KernelStrategy::kAuto;
+      EXPECT_EQ(ChooseStrategy(o, rows), KernelStrategy::kRegister);
+      for (Precision precision : {Precision::kInt8, Precision::kBf16}) {
+        o = {.target = target, .strategy = KernelStrategy::kPanel, .precision = precision};
+        EXPECT_EQ(ChooseStrategy(o, rows), KernelStrategy::kRegister);
       }
     }
   }
