@@ -156,7 +156,8 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
     {
       std::lock_guard<std::mutex> lock(mu_);
       closing_ = true;
-      now = !writing_;
+      // Not on a stream that is over: gRPC's call is gone.
+      now = !writing_ && !ended_;
     }
     if (now) StartWritesDone();
   }
@@ -164,6 +165,11 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
     std::unique_lock<std::mutex> lock(mu_);
     done_cv_.wait(lock, [&] { return done_; });
     return status_;
+  }
+  // ended: the stream is over (what it held was recorded as lost).
+  bool ended() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
   }
 
   void OnWriteDone(bool ok) override {
@@ -177,7 +183,7 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
         hint = queue_.size() > 1;  // more behind it: let gRPC coalesce
       } else {
         writing_ = false;
-        close = closing_;
+        close = closing_ && ok && !ended_;
       }
     }
     if (next != nullptr) {
@@ -532,6 +538,12 @@ int RunBench(int argc, char** argv) {
     }
     const bool done_by_count = requests > 0 && issued.load() >= static_cast<uint64_t>(requests);
     if (done_by_count) break;
+    // Every stream ended early (a draining server, a deadline): nothing
+    // more can be sent, and --requests would wait forever for it.
+    if (use_stream && std::all_of(streams.begin(), streams.end(),
+                                  [](const auto& s) { return s->ended(); })) {
+      break;
+    }
     if (requests == 0 && seconds >= duration && (!until_stable || stable || seconds >= max_seconds)) break;
   }
   {

@@ -514,11 +514,9 @@ TEST_F(CliTest, ControlBytesFromTheServerArePrintedEscaped) {
   server->Shutdown();
 }
 
-// Every other Forward ends `code_`, as a replica dying mid-answer behind a
-// proxy (UNKNOWN) or draining (UNAVAILABLE) would; the rest answer OK.
-class FlakyData final : public v1::Data::CallbackService {
+// A fake whose every layer is 4 x 4 (all that bench asks before it sends).
+class FourByFourData : public v1::Data::CallbackService {
  public:
-  explicit FlakyData(grpc::StatusCode code) : code_(code) {}
   grpc::ServerUnaryReactor* GetLayer(grpc::CallbackServerContext* context,
                                      const v1::GetLayerRequest* request,
                                      v1::LayerInfo* info) override {
@@ -529,6 +527,13 @@ class FlakyData final : public v1::Data::CallbackService {
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
+};
+
+// Every other Forward ends `code_`, as a replica dying mid-answer behind a
+// proxy (UNKNOWN) or draining (UNAVAILABLE) would; the rest answer OK.
+class FlakyData final : public FourByFourData {
+ public:
+  explicit FlakyData(grpc::StatusCode code) : code_(code) {}
   grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
                                     const v1::ForwardRequest*, v1::ForwardResponse*) override {
     auto* reactor = context->DefaultReactor();
@@ -542,6 +547,60 @@ class FlakyData final : public v1::Data::CallbackService {
   grpc::StatusCode code_;
   std::atomic<int64_t> calls_{0};
 };
+
+// A ForwardStream that answers its first three requests, then ends the
+// stream UNAVAILABLE (as a draining server does).
+class EndingStreamData final : public FourByFourData {
+ public:
+  grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardStreamResponse>* ForwardStream(
+      grpc::CallbackServerContext*) override {
+    return new Stream();
+  }
+
+ private:
+  class Stream final : public grpc::ServerBidiReactor<v1::ForwardRequest, v1::ForwardStreamResponse> {
+   public:
+    Stream() { StartRead(&request_); }
+    void OnReadDone(bool ok) override {
+      if (!ok) return Finish(grpc::Status::OK);
+      if (answered_ == 3) {
+        return Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the fake ends after 3 answers"));
+      }
+      answer_.set_request_id(request_.request_id());
+      StartWrite(&answer_);
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      ++answered_;
+      StartRead(&request_);
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    v1::ForwardRequest request_;
+    v1::ForwardStreamResponse answer_;
+    int answered_ = 0;
+  };
+};
+
+// bench --stream --requests N whose stream ends early reports what it got
+// and exits (before: it waited forever for requests it could not send).
+TEST_F(CliTest, BenchStreamEndedEarlyStopsAndReports) {
+  EndingStreamData service;
+  std::string target;
+  auto server = StartFake(&service, &target);
+  ASSERT_NE(server, nullptr);
+  const RunResult r = Run("bench --layer l --stream --concurrency 2 --requests 1000 --warmup 0 "
+                          "--json --target " + target);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("a stream ended UNAVAILABLE: the fake ends after 3 answers"));
+  auto report = nlohmann::json::parse(r.out);
+  EXPECT_EQ(report["ok_total"], 3) << r.out;
+  EXPECT_LT(report["sent"].get<int64_t>(), 1000) << r.out;
+  // What was in flight when the stream ended is counted lost, with its code.
+  EXPECT_GE(report["errors"]["UNAVAILABLE"].get<int64_t>(), 1) << r.out;
+  server->Shutdown();
+}
 
 // bench --retries resends a Forward ended UNKNOWN or UNAVAILABLE, counting
 // each request once with its final outcome; without it they are failures.
