@@ -111,6 +111,13 @@ bool Retryable(grpc::StatusCode code) {
 // --stream: one ForwardStream per channel; requests queue for its one
 // write in flight; answers are matched to their start by request_id.
 // gRPC operations start outside mu (their reactions may run inline).
+//
+// Lifetime: gRPC may free the call as soon as its last operation is done,
+// before OnDone, so an operation started from outside the reactions (Send
+// from another stream's reaction or the arrivals thread, Close from the
+// main thread) is only safe under a hold. The constructor takes one; it is
+// removed once no such start can come any more (over_: the reads ended, a
+// write failed, or Close) and none is under way (starting_ == 0).
 class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1::ForwardStreamResponse> {
  public:
   using OnAnswer = std::function<void(Clock::time_point started, const grpc::Status& status,
@@ -123,6 +130,7 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
     context_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
     SetCallMetadata(channel, &context_);
     stub->async()->ForwardStream(&context_, this);
+    AddHold();
     StartRead(&answer_);
     StartCall();
   }
@@ -132,7 +140,7 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
     const v1::ForwardRequest* start = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (ended_) {
+      if (over_) {
         const grpc::Status status = status_;
         lock.unlock();
         on_lost_(started, status.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "stream ended") : status,
@@ -144,9 +152,13 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
       if (!writing_) {
         writing_ = true;
         start = &queue_.back();
+        ++starting_;
       }
     }
-    if (start != nullptr) StartWrite(start);
+    if (start != nullptr) {
+      StartWrite(start);
+      Started();
+    }
   }
 
   // Close ends the client's side once the queued writes are out; Wait
@@ -156,10 +168,12 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
     {
       std::lock_guard<std::mutex> lock(mu_);
       closing_ = true;
-      // Not on a stream that is over: gRPC's call is gone.
-      now = !writing_ && !ended_;
+      now = !writing_ && !over_;
+      if (now) ++starting_;
     }
     if (now) StartWritesDone();
+    Over();  // nothing more starts from outside
+    if (now) Started();
   }
   grpc::Status Wait() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -183,17 +197,22 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
         hint = queue_.size() > 1;  // more behind it: let gRPC coalesce
       } else {
         writing_ = false;
-        close = closing_ && ok && !ended_;
+        close = closing_ && ok;
       }
     }
+    // Inside a reaction the call is alive: these need no hold.
     if (next != nullptr) {
       StartWrite(next, hint ? grpc::WriteOptions().set_buffer_hint() : grpc::WriteOptions());
     }
     if (close) StartWritesDone();
+    if (!ok) Over();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return;
+    if (!ok) {
+      Over();  // the server ended the stream, or it broke
+      return;
+    }
     Clock::time_point started;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -216,7 +235,6 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
     {
       std::lock_guard<std::mutex> lock(mu_);
       status_ = status;
-      ended_ = true;
       lost.swap(started_);
     }
     const grpc::Status why =
@@ -228,6 +246,30 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
   }
 
  private:
+  // Over: no operation starts from outside the reactions any more; the
+  // hold goes once none is under way.
+  void Over() {
+    bool remove = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      over_ = true;
+      remove = starting_ == 0 && !released_;
+      released_ = released_ || remove;
+    }
+    if (remove) RemoveHold();
+  }
+  // Started: an operation begun under the hold has been started.
+  void Started() {
+    bool remove = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --starting_;
+      remove = over_ && starting_ == 0 && !released_;
+      released_ = released_ || remove;
+    }
+    if (remove) RemoveHold();
+  }
+
   OnAnswer on_answer_, on_lost_;
   grpc::ClientContext context_;
   v1::ForwardStreamResponse answer_;
@@ -235,7 +277,8 @@ class BenchStream final : public grpc::ClientBidiReactor<v1::ForwardRequest, v1:
   std::condition_variable done_cv_;
   std::deque<v1::ForwardRequest> queue_;
   std::map<std::string, Clock::time_point> started_;
-  bool writing_ = false, closing_ = false, ended_ = false, done_ = false;
+  bool writing_ = false, closing_ = false, over_ = false, released_ = false, done_ = false;
+  int starting_ = 0;
   grpc::Status status_;
 };
 
@@ -539,10 +582,16 @@ int RunBench(int argc, char** argv) {
     const bool done_by_count = requests > 0 && issued.load() >= static_cast<uint64_t>(requests);
     if (done_by_count) break;
     // Every stream ended early (a draining server, a deadline): nothing
-    // more can be sent, and --requests would wait forever for it.
+    // more can be sent, and --requests would wait forever for it; in a
+    // closed loop, likewise once nothing is in flight (requests lost with
+    // a stream are not re-issued, so the loop has run dry).
     if (use_stream && std::all_of(streams.begin(), streams.end(),
                                   [](const auto& s) { return s->ended(); })) {
       break;
+    }
+    if (use_stream && concurrency > 0) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (in_flight == 0) break;
     }
     if (requests == 0 && seconds >= duration && (!until_stable || stable || seconds >= max_seconds)) break;
   }
