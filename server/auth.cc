@@ -34,6 +34,23 @@ absl::Status NeedToken(Plane plane, absl::string_view why) {
 
 }  // namespace
 
+absl::Status Authorizer::CheckDisjoint(const Tokens& tokens) {
+  for (const Entry& d : tokens.data) {
+    for (const Entry& a : tokens.admin) {
+      if (d.digest != a.digest) continue;
+      auto named = [](const std::string& name) {
+        return name.empty() ? std::string("(unnamed)") : absl::StrCat("'", name, "'");
+      };
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--data-token-file and --admin-token-file hold the same token (", named(d.name),
+          " and ", named(a.name),
+          "): a token belongs to one plane; keep an admin token only in --admin-token-file "
+          "(admin tokens may also call the Data plane)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(const Options& options) {
   auto tokens = std::make_shared<Tokens>();
   for (auto [flag, file, list] :
@@ -46,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(const Options& op
     }
     for (const TokenEntry& e : *read) list->push_back({Digest(e.token), e.name});
   }
+  if (absl::Status disjoint = CheckDisjoint(*tokens); !disjoint.ok()) return disjoint;
   std::unique_ptr<Authorizer> auth(new Authorizer());
   auth->options_ = options;
   auth->tokens_ = std::move(tokens);
@@ -74,6 +92,13 @@ absl::StatusOr<std::string> Authorizer::Check(const grpc::ServerContextBase& con
 }
 
 absl::StatusOr<std::string> Authorizer::CheckHeader(
+    const std::vector<absl::string_view>& authorization, Plane plane) const {
+  absl::StatusOr<std::string> who = Decide(authorization, plane);
+  if (!who.ok() && options_.on_refusal) options_.on_refusal(plane, who.status().code());
+  return who;
+}
+
+absl::StatusOr<std::string> Authorizer::Decide(
     const std::vector<absl::string_view>& authorization, Plane plane) const {
   const bool plane_open = open(plane);
   std::shared_ptr<const Tokens> tokens = Snapshot();
@@ -135,6 +160,10 @@ absl::Status Authorizer::Reload() {
     }
     list->clear();
     for (const TokenEntry& e : *read) list->push_back({Digest(e.token), e.name});
+  }
+  if (absl::Status disjoint = CheckDisjoint(*fresh); !disjoint.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(disjoint.message(), "; the previous tokens of both files stay"));
   }
   {
     absl::MutexLock lock(&mu_);

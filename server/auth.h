@@ -37,6 +37,10 @@
 // its previous tokens (the other file is still re-read) and the returned
 // status names it. Reload never changes which planes are open.
 //
+// A token may be in one file only: Create refuses a token found in both
+// (INVALID_ARGUMENT naming the two entries' names, never the token), and
+// Reload then keeps the previous tokens of both files.
+//
 // Thread safety: Check, Reload and the accessors may be called from any
 // thread at any time; a Check sees either the old or the new tokens.
 #ifndef QLINEAR_SERVER_AUTH_H_
@@ -44,6 +48,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +71,10 @@ class Authorizer {
   struct Options {
     std::string data_token_file;   // "": no data tokens
     std::string admin_token_file;  // "": no admin tokens
+    // Called once for every refusal Check and CheckHeader return (the
+    // plane and UNAUTHENTICATED or PERMISSION_DENIED), from the calling
+    // thread; null: not counted. The server counts them in its Engine.
+    std::function<void(Plane, absl::StatusCode)> on_refusal;
   };
 
   // Authorizer() leaves both planes open.
@@ -101,6 +110,10 @@ class Authorizer {
     std::vector<Entry> data, admin;
   };
   std::shared_ptr<const Tokens> Snapshot() const;
+  absl::StatusOr<std::string> Decide(const std::vector<absl::string_view>& authorization,
+                                     Plane plane) const;
+  // CheckDisjoint: INVALID_ARGUMENT when a token is in both lists.
+  static absl::Status CheckDisjoint(const Tokens& tokens);
 
   Options options_;
   mutable absl::Mutex mu_;

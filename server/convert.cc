@@ -94,6 +94,8 @@ void ToProto(const EngineSnapshot& s, v1::StatsResponse* out) {
   CodeMap(s.not_loaded_requests, server->mutable_not_loaded_requests_by_code());
   CodeMap(s.not_loaded_rows, server->mutable_not_loaded_rows_by_code());
   CodeMap(s.uploads, server->mutable_uploads_by_code());
+  CodeMap(s.data_refusals, server->mutable_data_refusals_by_code());
+  CodeMap(s.admin_refusals, server->mutable_admin_refusals_by_code());
   for (const auto& [rpc, n] : s.malformed_requests) {
     (*server->mutable_malformed_requests_by_rpc())[rpc] = n;
   }

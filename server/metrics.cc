@@ -192,6 +192,17 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
     if (s.uploads[c] == 0 && c != kOk) continue;
     AddCounter(uploads, {{"outcome", CodeName(c)}}, static_cast<double>(s.uploads[c]));
   }
+  MetricFamily refusals = Family(
+      "qlinear_auth_refusals_total",
+      "Calls refused for their token, by plane (data, admin) and code", MetricType::Counter);
+  for (auto [plane, counts] : {std::pair{"data", &s.data_refusals},
+                               std::pair{"admin", &s.admin_refusals}}) {
+    for (size_t c = 0; c < counts->size(); ++c) {
+      if ((*counts)[c] == 0) continue;
+      AddCounter(refusals, {{"plane", plane}, {"code", CodeName(c)}},
+                 static_cast<double>((*counts)[c]));
+    }
+  }
   MetricFamily malformed = Family(
       "qlinear_malformed_requests_total",
       "Requests whose bytes did not parse, by RPC (counted, not logged)", MetricType::Counter);
@@ -220,7 +231,7 @@ std::vector<MetricFamily> MetricFamilies(const EngineSnapshot& s, const ProcessM
 
   std::vector<MetricFamily> out;
   for (MetricFamily* f : {&requests, &rows, &by_precision, &rows_by_precision, &batches, &batch_rows, &queue, &compute, &total,
-                          &layer_bytes, &uploads, &malformed, &layers, &build}) {
+                          &layer_bytes, &uploads, &refusals, &malformed, &layers, &build}) {
     if (!f->metric.empty()) out.push_back(std::move(*f));
   }
   out.push_back(gauge("qlinear_bytes_held", "Bytes every live layer version holds",

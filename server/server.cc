@@ -119,7 +119,11 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   // certificate, then fail every handshake.
   auto credentials = ServerCredentials(options.tls);
   if (!credentials.ok()) return credentials.status();
-  auto auth = Authorizer::Create(options.auth);
+  Authorizer::Options auth_options = options.auth;
+  auth_options.on_refusal = [engine = s->engine_.get()](Plane plane, absl::StatusCode code) {
+    engine->RecordAuthRefusal(plane == Plane::kAdmin, code);
+  };
+  auto auth = Authorizer::Create(auth_options);
   if (!auth.ok()) return auth.status();
   s->auth_ = *std::move(auth);
   s->admin_ = std::make_unique<AdminService>(s->engine_.get(), s->auth_.get());

@@ -198,6 +198,12 @@ class Engine {
   // RecordMalformed counts one request of `rpc` (a method name the server
   // chooses, never a client's string) whose bytes did not parse.
   void RecordMalformed(absl::string_view rpc);
+  // RecordAuthRefusal counts one call the server's Authorizer refused
+  // (UNAUTHENTICATED or PERMISSION_DENIED) on the Data plane or, with
+  // `admin`, the Admin plane (lock-free).
+  void RecordAuthRefusal(bool admin, absl::StatusCode code) {
+    (admin ? admin_refusals_ : data_refusals_).Add(code);
+  }
 
  private:
   struct Impl;
@@ -213,6 +219,7 @@ class Engine {
   CodeCounter not_loaded_requests_;
   CodeCounter not_loaded_rows_;
   CodeCounter uploads_;
+  CodeCounter data_refusals_, admin_refusals_;
   mutable absl::Mutex malformed_mu_;
   std::map<std::string, uint64_t, std::less<>> malformed_ ABSL_GUARDED_BY(malformed_mu_);
   std::unique_ptr<Impl> impl_;

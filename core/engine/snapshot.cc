@@ -50,6 +50,8 @@ EngineSnapshot Engine::ReadSnapshot(const LayerRegistry::Entry* only) const {
   s.not_loaded_requests = not_loaded_requests_.Read();
   s.not_loaded_rows = not_loaded_rows_.Read();
   s.uploads = uploads_.Read();
+  s.data_refusals = data_refusals_.Read();
+  s.admin_refusals = admin_refusals_.Read();
   {
     absl::MutexLock lock(&malformed_mu_);
     s.malformed_requests.insert(malformed_.begin(), malformed_.end());

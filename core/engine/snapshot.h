@@ -74,6 +74,9 @@ struct EngineSnapshot {
   CodeCounts not_loaded_rows{};
   // Upload streams (Quantize, LoadQuantized) by the code they ended with.
   CodeCounts uploads{};
+  // Calls the Authorizer refused, by plane and code (server/auth.h).
+  CodeCounts data_refusals{};
+  CodeCounts admin_refusals{};
   // Requests whose bytes did not parse, by RPC ("Forward", "Quantize",
   // "LoadQuantized"); only the server's own method names are keys.
   std::map<std::string, uint64_t> malformed_requests;

@@ -170,6 +170,32 @@ TEST_F(AuthorizerTest, ReloadAddsDropsAndKeepsOnError) {
   EXPECT_EQ(Code(*auth, {Bearer(kAdmin)}, Plane::kAdmin), C::kUnauthenticated);
 }
 
+// A token in both files is refused at start, naming the entries, never the
+// token; a reload that would put one in both keeps every previous token.
+TEST_F(AuthorizerTest, ATokenInBothFilesIsRefused) {
+  WriteFile(dir_.File("data.tokens"), std::string("app:") + kData + "\n");
+  WriteFile(dir_.File("admin.tokens"), std::string("ops:") + kData + "\n");
+  Authorizer::Options o;
+  o.data_token_file = dir_.File("data.tokens");
+  o.admin_token_file = dir_.File("admin.tokens");
+  auto both = Authorizer::Create(o);
+  ASSERT_FALSE(both.ok());
+  EXPECT_EQ(both.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(both.status().message(),
+              AllOf(HasSubstr("hold the same token ('app' and 'ops')"), Not(HasSubstr(kData))));
+
+  auto auth = Make(true, true);
+  ASSERT_NE(auth, nullptr);
+  WriteFile(dir_.File("admin.tokens"), std::string("root:") + kData + "\n");
+  const absl::Status reload = auth->Reload();
+  EXPECT_EQ(reload.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(reload.message(), AllOf(HasSubstr("('app' and 'root')"),
+                                      HasSubstr("the previous tokens of both files stay")));
+  EXPECT_EQ(auth->names(Plane::kAdmin), std::vector<std::string>{"ops"});
+  EXPECT_EQ(Code(*auth, {Bearer(kAdmin)}, Plane::kAdmin), absl::StatusCode::kOk);
+  EXPECT_EQ(Code(*auth, {Bearer(kData)}, Plane::kAdmin), absl::StatusCode::kPermissionDenied);
+}
+
 // Check and Reload from many threads at once (TSan's ground; here: no call
 // ever sees a state that is neither the old nor the new one).
 TEST_F(AuthorizerTest, ChecksDuringReloadsSeeOldOrNew) {

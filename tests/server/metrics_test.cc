@@ -91,6 +91,21 @@ TEST(MetricsTest, RendersNamesLabelsAndSeconds) {
   EXPECT_THAT(text, Not(HasSubstr("code=\"CANCELLED\"")));
 }
 
+// Calls refused for their token, by plane and code; planes without
+// refusals have no series.
+TEST(MetricsTest, AuthRefusalsByPlaneAndCode) {
+  EngineSnapshot s;
+  s.data_refusals[static_cast<size_t>(absl::StatusCode::kUnauthenticated)] = 3;
+  s.admin_refusals[static_cast<size_t>(absl::StatusCode::kPermissionDenied)] = 2;
+  const std::string text = RenderMetrics(MetricFamilies(s, ProcessMetrics(), "v"));
+  EXPECT_THAT(text, HasSubstr("# TYPE qlinear_auth_refusals_total counter"));
+  EXPECT_THAT(text,
+              HasSubstr("qlinear_auth_refusals_total{plane=\"data\",code=\"UNAUTHENTICATED\"} 3"));
+  EXPECT_THAT(text,
+              HasSubstr("qlinear_auth_refusals_total{plane=\"admin\",code=\"PERMISSION_DENIED\"} 2"));
+  EXPECT_THAT(text, Not(HasSubstr("plane=\"data\",code=\"PERMISSION_DENIED\"")));
+}
+
 // Issue 14: malformed requests are counted by RPC, not logged.
 TEST(MetricsTest, CountsMalformedRequestsByRpc) {
   EngineSnapshot s = OneLayer("a");

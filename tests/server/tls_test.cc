@@ -166,6 +166,15 @@ TEST_F(TlsTest, TokensPerPlane) {
     // Health stays open for probes.
     EXPECT_TRUE(client->Health().ok()) << c.token;
   }
+  // Each refusal above is counted by plane and code: no token and the wrong
+  // one, 3 Data calls and 2 Admin calls each; the data token, 2 Admin calls.
+  auto stats = Connect(server->address(), "ca", "", kAdmin)->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  const v1::ServerStats& st = stats->server();
+  EXPECT_EQ(st.data_refusals_by_code().at("UNAUTHENTICATED"), 6u);
+  EXPECT_EQ(st.data_refusals_by_code().count("PERMISSION_DENIED"), 0u);
+  EXPECT_EQ(st.admin_refusals_by_code().at("UNAUTHENTICATED"), 4u);
+  EXPECT_EQ(st.admin_refusals_by_code().at("PERMISSION_DENIED"), 2u);
 }
 
 TEST_F(TlsTest, AdminListenServesAdminAndTheMainListenerNone) {
