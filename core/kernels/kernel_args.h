@@ -157,7 +157,7 @@ struct TileArgs {
   int64_t xsum_stride;
   int64_t y_stride;
   int64_t codes_stride;  // words per tile
-  int rows;   // 1 .. kMaxRows
+  int rows;   // 1 .. kMaxRows (PanelKernelAvx512: any, >= 1)
   int tiles;  // 1 .. kMaxTiles
   int lane_bits;  // 2, 4 or 8
   Decode decode;

@@ -48,9 +48,10 @@ SimdTarget DefaultSimdTarget();
 //              (qmm_panel_avx512.cc), the GEMM-style strategy.
 //   kAuto:     ChooseStrategy's rule.
 // Measured (docs/performance.md, N = K = 4096 4-bit): the panel was slower
-// than the register kernel at every M from 1 to 128 on Zen 5 (2 threads)
-// and on a 16-core Xeon (8 and 16 threads), so kAuto runs the register
-// kernel; the panel is there to be asked for (QLINEAR_KERNEL=panel) and
+// than the register kernel at every M from 1 to 128 on a 16-core Xeon (8
+// and 16 threads) and at M = 1 and 16 on Zen 5 (2 threads), and won no
+// clear margin at M = 32 or 128 there (noisy rounds both ways), so kAuto
+// runs the register kernel; the panel is there to be asked for (QLINEAR_KERNEL=panel) and
 // measured on other CPUs. Other targets and precisions run their tile
 // kernels whatever is asked.
 enum class KernelStrategy { kAuto = 0, kRegister = 1, kPanel = 2 };

@@ -20,9 +20,9 @@
 // (qmm_test checks every format against the scalar oracle through both).
 // The outputs' partial sums live in y between groups.
 //
-// Measured (docs/performance.md): 7-15 % slower than the tile kernel at
-// M = 128 on Zen 5 and on a 16-core Xeon, more at fewer rows, so it runs
-// only when asked for (qmm.h's KernelStrategy). What it costs beyond the
+// Measured (docs/performance.md): 13-14 % slower than the tile kernel at
+// M = 128 on a 16-core Xeon, more at fewer rows, and no clear win on Zen 5,
+// so it runs only when asked for (qmm.h's KernelStrategy). What it costs beyond the
 // micro-kernel, which alone reaches the FMA peak here: a fold of 24
 // accumulators through memory per group of 64 inputs, the panel decode and
 // the copy of each row block's inputs.

@@ -102,6 +102,7 @@ INSTANTIATE_TEST_SUITE_P(AllFormats, FormatTest, ::testing::ValuesIn(AllQuantPar
 TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
   const int64_t n = 80, k = 512, total = 256;
   for (const QuantParams& p : {QuantParams{QuantMode::kAffine, 4, 64},
+                               QuantParams{QuantMode::kAffine, 2, 64},
                                QuantParams{QuantMode::kAffine, 3, 32},
                                QuantParams{QuantMode::kAffine, 8, 128},
                                DefaultQuantParams(QuantMode::kMxfp4),
