@@ -528,12 +528,28 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     HappensBefore();
   };
   auto run = [&] {
+    // An arena whose slots are taken (the engine's compute slots share
+    // one) may run this on another of its threads: its reads of the
+    // captures need the same edge as the bodies'.
+    HappensAfter();
+#ifdef QLINEAR_UNDER_TSAN
+    // TSan builds run a call's tasks on this thread. oneTBB (not built with
+    // TSan) hands a finished task back through an atomic in a wait context
+    // on this thread's stack, written by the worker after its body's last
+    // HappensBefore and read back inside libtbb, unseen: the stack memory
+    // that later frames reuse was then reported as racing with that write
+    // (CI, engine_test, once tasks over rows made workers join small
+    // calls). The engine's own threads and the arena stay as they are.
+    for (int64_t task = 0; task < blocks * chunks; ++task) run_task(task);
+#else
     // One task per block and chunk: on a shared host one core can run
     // slower than the other, and a one-row block is only ~4 us of work, so
     // fine tasks even out the end of a call (measured 2-3 % faster at one
     // row than 4 chunks per thread, no change for larger batches).
     tbb::parallel_for(int64_t{0}, blocks * chunks, int64_t{1}, run_task,
                       tbb::simple_partitioner());
+#endif
+    HappensBefore();
   };
   HappensBefore();
   if (options.arena != nullptr) {

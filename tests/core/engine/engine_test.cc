@@ -7,6 +7,7 @@
 #include <cstring>
 #include <future>
 #include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -416,15 +417,26 @@ TEST(EngineTest, ReplaceUnderLoadNeverMixes) {
   const std::vector<float> y1 = Solo(*v1, x.data(), 1), y2 = Solo(*v2, x.data(), 1);
   std::atomic<bool> stop{false};
   std::atomic<int> old_seen{0}, new_seen{0}, bad{0};
+  // The new answers' versions, checked once Publish has said which it is
+  // (an answer can come back before the test thread has stored it).
+  absl::Mutex new_mu;
+  std::set<uint64_t> new_versions;
   std::vector<std::thread> clients;
   for (int c = 0; c < 32; ++c) {
     clients.emplace_back([&] {
       while (!stop) {
         Engine::ForwardResult r = Call(*engine, Request("l", x.data(), 1, 256));
         if (!r.status.ok()) continue;
-        if (std::memcmp(r.y.data(), y1.data(), y1.size() * 4) == 0 && r.version == v1->info().version) old_seen++;
-        else if (std::memcmp(r.y.data(), y2.data(), y2.size() * 4) == 0 && r.version == v2_version) new_seen++;
-        else bad++;
+        if (std::memcmp(r.y.data(), y1.data(), y1.size() * 4) == 0 && r.version == v1->info().version) {
+          old_seen++;
+        } else if (std::memcmp(r.y.data(), y2.data(), y2.size() * 4) == 0 &&
+                   r.version != v1->info().version) {
+          new_seen++;
+          absl::MutexLock lock(&new_mu);
+          new_versions.insert(r.version);
+        } else {
+          bad++;
+        }
       }
     });
   }
@@ -440,6 +452,10 @@ TEST(EngineTest, ReplaceUnderLoadNeverMixes) {
   EXPECT_EQ(bad.load(), 0);
   EXPECT_GT(old_seen.load(), 0);
   EXPECT_GT(new_seen.load(), 0);
+  {
+    absl::MutexLock lock(&new_mu);
+    EXPECT_EQ(new_versions, std::set<uint64_t>{v2_version.load()});
+  }
   absl::Status s;
   Call(*engine, Request("l", x.data(), 1, 256), &s);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
