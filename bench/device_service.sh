@@ -9,7 +9,8 @@
 #   build/devrun/device_service.sh kernels  # there: precision tests, and
 #                                        # the kernel beside ONNX Runtime
 #   build/devrun/device_service.sh scaling  # there: kernel strategies and
-#                                        # threads, the service on 8+8 cores
+#                                        # threads 1-16 beside ONNX Runtime,
+#                                        # the service on 8+8 cores
 #
 # `run` pins qlinear-server to cores 0-1 (--threads 2), measures the kernel
 # pinned to the same cores, then drives the server with `qlinear bench` at
@@ -92,20 +93,26 @@ kernels() {
   done
 }
 
-# scaling: the kernel strategies (qmm.h) on this CPU: qmm_test first (both
-# strategies against the oracle, bit for bit), then EXACT at 16 and 8
-# threads with QLINEAR_KERNEL=register and =panel beside ONNX Runtime's fp32
-# compute, the service with 8 threads against `qlinear bench` on the other
-# 8 cores (unary and --stream, concurrency 256), two layers driven by two
-# benches on the server's 16 cores, then the thread scaling at 4, 2 and 1.
-# Each part has its own time limit; the output is one log.
+# scaling: the kernel strategies (qmm.h) and thread counts on this CPU.
+# Parts ($PARTS, default "kernel ort service layers", in that order):
+#   kernel   EXACT N=K=4096 4-bit at each of $THREADS (default "16 8 4 2 1")
+#            threads, QLINEAR_KERNEL=register, and =panel at 16 and 8; all
+#            qlinear runs come before ONNX Runtime's, whose spinning
+#            threads raise the load for a while after it ends
+#   ort      ONNX Runtime's fp32 compute (accuracy_level=0) at the same counts
+#   service  the server on cores 0-7 against `qlinear bench` on cores 8-15,
+#            concurrency 256, unary, for each of $SERVER_CONFIGS (default
+#            "8 8/1 7 6": --threads, and /N for --compute-slots N), and
+#            --stream with 8 threads
+#   layers   two layers on 16 threads, two benches on the same 16 cores
+# Each step has its own time limit; the output is one log.
 scaling() {
   set +e +o pipefail  # a part that fails or times out leaves the others to run
   cd "$(dirname "$0")"
   export LD_LIBRARY_PATH=$PWD/lib
-  local m='M(1|8|16|32|64|128)'
+  local m='M(1|8|32|128)' threads
+  local parts=" ${PARTS:-kernel ort service layers} "
   echo "== $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cat /proc/loadavg)"
-  timeout 60 ./qmm_test 2>&1 | tail -2
   sed 's/^for acc in (0, 4):/for acc in (0,):/' ort_bench.py > ort_fp32.py
   kernel_at() {  # threads strategy filter
     echo "== qlinear $2, $1 threads, load $(cat /proc/loadavg)"
@@ -114,47 +121,66 @@ scaling() {
       --benchmark_min_time=0.2 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
       2>&1 | grep median | awk '{print $1, $2, $3, $NF, $(NF-1)}'
   }
-  for threads in 16 8; do
-    kernel_at $threads register "$m"
-    kernel_at $threads panel "$m"
-    echo "== ONNX Runtime fp32, $threads threads"
-    timeout 40 taskset -c 0-$((threads - 1)) python3 ort_fp32.py "$threads"
-  done
-  serve() {  # cores threads
-    taskset -c "$1" ./qlinear-server --threads "$2" --listen 127.0.0.1:50051 > srv.log 2>&1 &
+  if [[ $parts == *" kernel "* ]]; then
+    for threads in ${THREADS:-16 8 4 2 1}; do
+      kernel_at "$threads" register "$m"
+      if [ "$threads" -ge 8 ]; then kernel_at "$threads" panel "$m"; fi
+    done
+  fi
+  if [[ $parts == *" ort "* ]]; then
+    for threads in ${THREADS:-16 8 4 2 1}; do
+      echo "== ONNX Runtime fp32, $threads threads, load $(cat /proc/loadavg)"
+      timeout 60 taskset -c 0-$((threads - 1)) python3 ort_fp32.py "$threads"
+    done
+  fi
+  serve() {  # cores threads [server flags]
+    taskset -c "$1" ./qlinear-server --threads "$2" "${@:3}" --listen 127.0.0.1:50051 > srv.log 2>&1 &
     server=$!
     for _ in $(seq 100); do grep -q listening srv.log && break; sleep 0.2; done
   }
-  serve 0-7 8
-  for mode in "" --stream; do
-    timeout 30 taskset -c 8-15 ./qlinear bench --layer demo --concurrency 256 --channels 4 \
-      --duration 5 --warmup 2 $mode --json 2>/dev/null | summary "server 8 threads, bench on 8-15, c=256 ${mode:-unary}"
-  done
-  kill -TERM "$server"; wait "$server" || true
-  serve 0-15 16
-  python3 -c "
+  unserve() {  # SIGTERM (drain), then SIGKILL after 10 s
+    kill -TERM "$server"
+    for _ in $(seq 50); do kill -0 "$server" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$server" 2>/dev/null
+    wait "$server" 2>/dev/null || true
+  }
+  if [[ $parts == *" service "* ]]; then
+    local config
+    for config in ${SERVER_CONFIGS:-8 8/1 7 6}; do  # threads[/compute slots]
+      threads=${config%/*}
+      local flags=()
+      if [ "$config" != "$threads" ]; then flags=(--compute-slots "${config#*/}"); fi
+      serve 0-7 "$threads" "${flags[@]}"
+      local modes=("")
+      if [ "$config" = 8 ]; then modes+=(--stream); fi
+      for mode in "${modes[@]}"; do
+        timeout 30 taskset -c 8-15 ./qlinear bench --layer demo --concurrency 256 --channels 4 \
+          --duration 5 --warmup 2 $mode --json 2>/dev/null |
+          summary "server --threads $threads ${flags[*]} on 0-7, bench on 8-15, c=256 ${mode:-unary}"
+      done
+      unserve
+    done
+  fi
+  if [[ $parts == *" layers "* ]]; then
+    serve 0-15 16
+    python3 -c "
 import json, struct, numpy as np
 w = (np.random.default_rng(7).standard_normal((4096, 4096), dtype=np.float32) * 0.02).astype(np.float16)
 h = json.dumps({'second.weight': {'dtype': 'F16', 'shape': [4096, 4096], 'data_offsets': [0, w.nbytes]}}).encode()
 h += b' ' * ((8 - len(h) % 8) % 8)
 f = open('second.safetensors', 'wb'); f.write(struct.pack('<Q', len(h))); f.write(h); f.write(w.tobytes())"
-  ./qlinear upload --in second.safetensors --bits 4 --group-size 64 | head -1
-  timeout 20 taskset -c 0-15 ./qlinear bench --layer demo --concurrency 32 --duration 5 --warmup 1 \
-    --json 2>/dev/null | summary "one bench alone, layer demo, c=32"
-  (timeout 20 taskset -c 0-15 ./qlinear bench --layer second --concurrency 32 --duration 5 \
-    --warmup 1 --json 2>/dev/null | summary "two benches: layer second, c=32") &
-  timeout 20 taskset -c 0-15 ./qlinear bench --layer demo --concurrency 32 --duration 5 --warmup 1 \
-    --json 2>/dev/null | summary "two benches: layer demo, c=32"
-  wait %1 2>/dev/null || true
-  kill -TERM "$server"; wait "$server" || true
-  for threads in 4 2 1; do
-    kernel_at $threads register 'M(1|128)'
-    kernel_at $threads panel 'M(1|128)'
-  done
-  for threads in 4 2 1; do
-    echo "== ONNX Runtime fp32, $threads threads"
-    timeout 40 taskset -c 0-$((threads - 1)) python3 ort_fp32.py "$threads"
-  done
+    ./qlinear upload --in second.safetensors --bits 4 --group-size 64 | head -1
+    timeout 20 taskset -c 0-15 ./qlinear bench --layer demo --concurrency 32 --duration 5 --warmup 1 \
+      --json 2>/dev/null | summary "one bench alone, layer demo, c=32"
+    (timeout 20 taskset -c 0-15 ./qlinear bench --layer second --concurrency 32 --duration 5 \
+      --warmup 1 --json 2>/dev/null | summary "two benches: layer second, c=32") &
+    local second=$!
+    timeout 20 taskset -c 0-15 ./qlinear bench --layer demo --concurrency 32 --duration 5 --warmup 1 \
+      --json 2>/dev/null | summary "two benches: layer demo, c=32"
+    wait "$second" 2>/dev/null || true
+    unserve
+  fi
+  echo "== done, load $(cat /proc/loadavg)"
 }
 
 case "${1:-}" in
