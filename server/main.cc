@@ -109,6 +109,12 @@ int Main(int argc, char** argv) {
       setenv("QLINEAR_SIMD", simd.c_str(), 1);
     }
   }
+  if (settings->IsSet("kernel")) {
+    // The same for the strategy (core/kernels/qmm.h reads QLINEAR_KERNEL
+    // once): checked here like every setting, so a misspelt value stops
+    // the server instead of being ignored.
+    setenv("QLINEAR_KERNEL", absl::AsciiStrToLower(settings->String("kernel")).c_str(), 1);
+  }
 
   // Signals are taken synchronously by the main thread (sigwait), so every
   // other thread must start with them blocked. SIGHUP re-reads the token

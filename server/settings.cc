@@ -154,6 +154,9 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
        nullptr, ValidatePrecisions},
       {"simd", Type::kChoice, "T", "best", 0, 0, "best|avx512|avx2|portable",
        "the best kernel target to use: the CPU's best, or a lower one"},
+      {"kernel", Type::kChoice, "S", "auto", 0, 0, "auto|register|panel",
+       "how EXACT products on AVX-512 use the cores: auto (the register kernel on every CPU "
+       "measured), register, or the GEMM-style panel; the same bits"},
       {"metrics-listen", Type::kAddress, "HOST:PORT", "127.0.0.1:9464", 0, 0, "",
        "HTTP address of /metrics, /healthz and /readyz (port 0 picks a free port; empty "
        "turns it off)"},

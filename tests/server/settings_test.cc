@@ -92,6 +92,10 @@ TEST(SettingsTest, BadInputNamesTheFlagTheValueAndWhatIsAllowed) {
       {{"--precisions="}, {}, {"--precisions", "exact, int8, bf16"}},
       {{}, Env{{{"QLINEAR_PRECISIONS", "EXACT"}}}, {"QLINEAR_PRECISIONS", "'EXACT'"}},
       {{}, Env{{{"QLINEAR_MAX_QUEUE_ROWS", "-5"}}}, {"QLINEAR_MAX_QUEUE_ROWS", "'-5'"}},
+      // The kernels' strategy, once read from the environment only: a
+      // misspelt value was ignored.
+      {{}, Env{{{"QLINEAR_KERNEL", "paenl"}}}, {"QLINEAR_KERNEL", "'paenl'", "auto, register, panel"}},
+      {{"--kernel", "gemm"}, {}, {"--kernel", "'gemm'", "auto, register, panel"}},
   };
   for (const Case& c : cases) {
     auto s = Parse(c.args, c.env);
@@ -109,6 +113,7 @@ TEST(SettingsTest, EveryEnvironmentNameHasOneSetting) {
   }
   EXPECT_EQ(EnvName(ServerSettingSpecs()[2]), "QLINEAR_MAX_BATCH_ROWS");
   EXPECT_TRUE(envs.count("QLINEAR_SIMD"));  // the kernels' cap, one meaning
+  EXPECT_TRUE(envs.count("QLINEAR_KERNEL"));  // the kernels' strategy, likewise
 }
 
 TEST(SettingsTest, HelpAndDocsComeFromTheTable) {
