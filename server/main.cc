@@ -99,21 +99,25 @@ int Main(int argc, char** argv) {
       settings->IsSet("group-size") ? std::optional<int>(settings->Int("group-size"))
                                     : std::nullopt);
   if (!params.ok()) return Usage(params.status().message());
-  if (settings->IsSet("simd")) {
-    // The kernels read their cap once, from this variable: the flag and
-    // QLINEAR_SIMD are one setting with one meaning (and the flag wins).
-    const std::string simd = absl::AsciiStrToLower(settings->String("simd"));
-    if (simd == "best") {
-      unsetenv("QLINEAR_SIMD");
+  // The kernels read their cap (QLINEAR_SIMD) and strategy
+  // (QLINEAR_KERNEL, core/kernels/qmm.h) once, from the environment: each
+  // flag and its variable are one setting with one meaning (the flag wins),
+  // checked above like every setting, so the checked value goes back into
+  // the variable; the value that means "no choice" removes it.
+  struct KernelSetting {
+    const char* name;
+    const char* variable;
+    const char* none;
+  };
+  for (const KernelSetting& k : {KernelSetting{"simd", "QLINEAR_SIMD", "best"},
+                                 KernelSetting{"kernel", "QLINEAR_KERNEL", "auto"}}) {
+    if (!settings->IsSet(k.name)) continue;
+    const std::string value = absl::AsciiStrToLower(settings->String(k.name));
+    if (value == k.none) {
+      unsetenv(k.variable);
     } else {
-      setenv("QLINEAR_SIMD", simd.c_str(), 1);
+      setenv(k.variable, value.c_str(), 1);
     }
-  }
-  if (settings->IsSet("kernel")) {
-    // The same for the strategy (core/kernels/qmm.h reads QLINEAR_KERNEL
-    // once): checked here like every setting, so a misspelt value stops
-    // the server instead of being ignored.
-    setenv("QLINEAR_KERNEL", absl::AsciiStrToLower(settings->String("kernel")).c_str(), 1);
   }
 
   // Signals are taken synchronously by the main thread (sigwait), so every
