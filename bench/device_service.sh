@@ -48,6 +48,22 @@ print('$1: %.0f req/s  p50 %.3f ms  p99 %.3f ms  rows/batch %.1f  compute %.0f u
     s['queue_us_mean'], d['errors']))"
 }
 
+# serve CORES THREADS [server flags]: qlinear-server pinned to CORES, its pid
+# in $server, once it says it is listening; unserve stops it: SIGTERM (a
+# drain), then SIGKILL after 10 s.
+serve() {
+  taskset -c "$1" ./qlinear-server --threads "$2" "${@:3}" --listen 127.0.0.1:50051 > srv.log 2>&1 &
+  server=$!
+  for _ in $(seq 100); do grep -q listening srv.log && break; sleep 0.2; done
+}
+
+unserve() {
+  kill -TERM "$server"
+  for _ in $(seq 50); do kill -0 "$server" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$server" 2>/dev/null || true  # gone already
+  wait "$server" 2>/dev/null || true
+}
+
 run() {
   cd "$(dirname "$0")"
   export LD_LIBRARY_PATH=$PWD/lib
@@ -57,14 +73,12 @@ run() {
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 |
     grep median | awk '{print $1, $2, $3, $7}'
   for cores in 2,3 0,1 2-7; do
-    taskset -c 0,1 ./qlinear-server --threads 2 --listen 127.0.0.1:50051 > srv.log 2>&1 &
-    local server=$!
-    for _ in $(seq 100); do grep -q listening srv.log && break; sleep 0.2; done
+    serve 0,1 2
     taskset -c "$cores" ./qlinear bench --layer demo --concurrency 64 --duration 5 --warmup 2 \
       --json 2>/dev/null | summary "bench on cores $cores, concurrency 64"
     taskset -c "$cores" ./qlinear bench --layer demo --concurrency 1 --duration 4 --warmup 1 \
       --json 2>/dev/null | summary "bench on cores $cores, concurrency 1"
-    kill -TERM "$server"; wait "$server" || true
+    unserve
   done
 }
 
@@ -133,17 +147,6 @@ scaling() {
       timeout 60 taskset -c 0-$((threads - 1)) python3 ort_fp32.py "$threads"
     done
   fi
-  serve() {  # cores threads [server flags]
-    taskset -c "$1" ./qlinear-server --threads "$2" "${@:3}" --listen 127.0.0.1:50051 > srv.log 2>&1 &
-    server=$!
-    for _ in $(seq 100); do grep -q listening srv.log && break; sleep 0.2; done
-  }
-  unserve() {  # SIGTERM (drain), then SIGKILL after 10 s
-    kill -TERM "$server"
-    for _ in $(seq 50); do kill -0 "$server" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$server" 2>/dev/null
-    wait "$server" 2>/dev/null || true
-  }
   if [[ $parts == *" service "* ]]; then
     local config
     for config in ${SERVER_CONFIGS:-8 8/1 7 6}; do  # threads[/compute slots]
