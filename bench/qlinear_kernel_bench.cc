@@ -19,6 +19,7 @@
 // Threads: QLINEAR_BENCH_THREADS (default: all cores).
 #include <cblas.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -304,6 +305,12 @@ void RegisterAll(bool full_grid) {
 }  // namespace qlinear
 
 int main(int argc, char** argv) {
+  // A misspelt QLINEAR_KERNEL or QLINEAR_SIMD would silently measure the
+  // default kernels under another name.
+  if (absl::Status env = qlinear::CheckKernelEnvironment(); !env.ok()) {
+    std::fprintf(stderr, "qlinear_kernel_bench: %s\n", std::string(env.message()).c_str());
+    return 2;
+  }
   bool full_grid = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--benchmark_filter", 18) == 0) full_grid = true;

@@ -10,8 +10,13 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <vector>
 
+#include "absl/algorithm/container.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/half.h"
+#include "core/names.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 #include "tbb/partitioner.h"
@@ -274,6 +279,28 @@ KernelStrategy DefaultKernelStrategy() {
     return KernelStrategy::kAuto;
   }();
   return chosen;
+}
+
+absl::Status CheckKernelEnvironment() {
+  struct Variable {
+    const char* name;
+    std::vector<absl::string_view> values;
+  };
+  const Variable variables[] = {
+      {"QLINEAR_SIMD", {SimdTargetName(SimdTarget::kPortable), SimdTargetName(SimdTarget::kAvx2),
+                        SimdTargetName(SimdTarget::kAvx512)}},
+      {"QLINEAR_KERNEL", {KernelStrategyName(KernelStrategy::kAuto),
+                          KernelStrategyName(KernelStrategy::kRegister),
+                          KernelStrategyName(KernelStrategy::kPanel)}},
+  };
+  for (const Variable& v : variables) {
+    const char* env = std::getenv(v.name);
+    if (env == nullptr || absl::c_linear_search(v.values, absl::string_view(env))) continue;
+    return absl::InvalidArgumentError(absl::StrCat(v.name, " must be one of ",
+                                                   absl::StrJoin(v.values, ", "), "; got ",
+                                                   QuoteForMessage(env)));
+  }
+  return absl::OkStatus();
 }
 
 KernelStrategy ChooseStrategy(const MatmulOptions& options, int64_t rows) {

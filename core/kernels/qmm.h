@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "core/dtype.h"
 #include "core/kernels/kernel_args.h"
@@ -61,6 +62,13 @@ absl::string_view KernelStrategyName(KernelStrategy strategy);
 // DefaultKernelStrategy is kAuto unless the environment variable
 // QLINEAR_KERNEL (auto | register | panel) says otherwise; read once.
 KernelStrategy DefaultKernelStrategy();
+
+// CheckKernelEnvironment: QLINEAR_SIMD and QLINEAR_KERNEL, where set, name a
+// target and a strategy these kernels know (the readers above ignore any
+// other value). InvalidArgument names the variable, what it may be and what
+// it is. Read afresh at each call; for programs that take the variables
+// straight from their environment (the server checks its own settings).
+absl::Status CheckKernelEnvironment();
 
 struct MatmulOptions {
   SimdTarget target = DefaultSimdTarget();

@@ -7,8 +7,11 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -279,6 +282,44 @@ TEST(SimdTargetTest, DefaultIsSupportedAndNamed) {
   EXPECT_TRUE(SimdTargetSupported(DefaultSimdTarget()));
   EXPECT_TRUE(SimdTargetSupported(SimdTarget::kPortable));
   EXPECT_EQ(SimdTargetName(SimdTarget::kAvx512), "avx512");
+}
+
+// The variables the kernels read: a value they would ignore is named, with
+// what was allowed, before anything runs on it.
+TEST(KernelEnvironmentTest, RefusesWhatTheKernelsWouldIgnore) {
+  struct Saved {
+    const char* name;
+    std::optional<std::string> value;
+  };
+  std::vector<Saved> saved;
+  for (const char* name : {"QLINEAR_SIMD", "QLINEAR_KERNEL"}) {
+    const char* v = std::getenv(name);
+    saved.push_back({name, v != nullptr ? std::optional<std::string>(v) : std::nullopt});
+    unsetenv(name);
+  }
+  EXPECT_TRUE(CheckKernelEnvironment().ok());
+  setenv("QLINEAR_SIMD", "avx2", 1);
+  setenv("QLINEAR_KERNEL", "panel", 1);
+  EXPECT_TRUE(CheckKernelEnvironment().ok());
+
+  setenv("QLINEAR_KERNEL", "panle", 1);
+  absl::Status s = CheckKernelEnvironment();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "QLINEAR_KERNEL must be one of auto, register, panel; got 'panle'");
+
+  setenv("QLINEAR_KERNEL", "auto", 1);
+  setenv("QLINEAR_SIMD", "AVX512", 1);  // the names are lower case
+  s = CheckKernelEnvironment();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "QLINEAR_SIMD must be one of portable, avx2, avx512; got 'AVX512'");
+
+  for (const Saved& v : saved) {
+    if (v.value) {
+      setenv(v.name, v.value->c_str(), 1);
+    } else {
+      unsetenv(v.name);
+    }
+  }
 }
 
 }  // namespace
