@@ -1,6 +1,8 @@
 #include "server/service.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
@@ -254,15 +256,27 @@ class ForwardStreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
     Run(act);
   }
 
-  // Drain: stop reading, answer what is in flight, end UNAVAILABLE.
-  void Drain() {
+  // Drain: stop reading, answer what is in flight, end UNAVAILABLE. The
+  // service calls it under its streams_mu_, so it starts nothing: true
+  // means the stream is to end now, and the caller calls EndDrained once it
+  // holds no lock (gRPC may run OnDone inline, and OnDone takes
+  // streams_mu_). Until then the stream cannot be freed: only that Finish
+  // lets OnDone run.
+  bool Drain() {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
     Actions act;
+    MaybeFinishLocked(&act);
+    if (act.finish) drained_status_ = act.status;
+    return act.finish;
+  }
+  void EndDrained() {
+    grpc::Status status;
     {
       absl::MutexLock lock(&mu_);
-      draining_ = true;
-      MaybeFinishLocked(&act);
+      status = drained_status_;
     }
-    Run(act);
+    Finish(status);  // last: OnDone may delete this at once
   }
 
   void OnReadDone(bool ok) override {
@@ -547,6 +561,7 @@ class ForwardStreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status drained_status_ ABSL_GUARDED_BY(mu_);  // Drain's, for EndDrained
   std::map<std::string, std::unique_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
   std::deque<Out> out_ ABSL_GUARDED_BY(mu_);
 };
@@ -583,7 +598,9 @@ class ForwardMultiReactor : public grpc::ServerUnaryReactor {
       req.layer = layers_[submitted];
       req.max_answer_bytes = 0;  // the whole answer was checked above
       req.deadline = deadline;
-      req.cancelled = [context] { return context->IsCancelled(); };
+      // A part refused at Submit (the queue full, a drain) fails the call:
+      // the parts before it need not compute any more.
+      req.cancelled = [this, context] { return abandoned_.load() || context->IsCancelled(); };
       const size_t i = submitted;
       absl::Status s = engine_->Submit(std::move(req), [this, i](Engine::ForwardResult r) {
         results_[i] = std::move(r);
@@ -591,6 +608,8 @@ class ForwardMultiReactor : public grpc::ServerUnaryReactor {
       });
       if (!s.ok()) {
         results_[submitted].status = s;
+        failed_ = submitted;
+        abandoned_.store(true);
         break;
       }
     }
@@ -643,6 +662,14 @@ class ForwardMultiReactor : public grpc::ServerUnaryReactor {
           absl::StrCat("the input's last dimension is ", parsed_.request.k,
                        "; the layers' in_features is ", k));
     }
+    // Everything Submit would refuse on any one layer (a precision that
+    // layer cannot run here, say), refused for the whole call now.
+    for (const std::string& name : layers_) {
+      Engine::ForwardRequest req = parsed_.request;
+      req.layer = name;
+      req.max_answer_bytes = 0;  // the whole answer is checked below
+      if (absl::Status s = engine_->Check(req); !s.ok()) return s;
+    }
     if (limits.max_answer_bytes > 0) {
       uint64_t bytes = request.request_id().size() + 16;
       for (int64_t n : ns) {
@@ -666,6 +693,8 @@ class ForwardMultiReactor : public grpc::ServerUnaryReactor {
       remaining_ -= parts;
       if (remaining_ > 0) return;
     }
+    // The refusal, not the CANCELLED it gave the parts before it.
+    if (failed_ < results_.size()) return Finish(ToGrpc(results_[failed_].status));
     for (const Engine::ForwardResult& r : results_) {
       if (!r.status.ok()) return Finish(ToGrpc(r.status));
     }
@@ -690,6 +719,10 @@ class ForwardMultiReactor : public grpc::ServerUnaryReactor {
   std::vector<std::string> layers_;
   ParsedForward parsed_;  // layers_[0]'s request; the others copy it
   std::vector<Engine::ForwardResult> results_;
+  // The part Submit refused (written before Start's own Arrive, read by the
+  // last one); none: SIZE_MAX.
+  size_t failed_ = SIZE_MAX;
+  std::atomic<bool> abandoned_{false};  // read by the parts' cancelled()
   absl::Mutex mu_;
   int64_t remaining_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -769,11 +802,18 @@ bool DataService::WaitForSent(std::chrono::steady_clock::time_point deadline,
 }
 
 void DataService::BeginDrain() {
-  absl::MutexLock lock(&streams_mu_);
-  draining_ = true;
-  // Drain only flags the stream and may Finish it; its OnDone (another
-  // thread) waits for this lock to unregister.
-  for (ForwardStreamReactor* stream : streams_) stream->Drain();
+  // Under the lock every registered stream is alive (OnDone unregisters
+  // under it); those that are to end now are finished after it, since
+  // gRPC may run their OnDone inline, which takes the lock.
+  std::vector<ForwardStreamReactor*> ending;
+  {
+    absl::MutexLock lock(&streams_mu_);
+    draining_ = true;
+    for (ForwardStreamReactor* stream : streams_) {
+      if (stream->Drain()) ending.push_back(stream);
+    }
+  }
+  for (ForwardStreamReactor* stream : ending) stream->EndDrained();
 }
 
 grpc::ServerUnaryReactor* DataService::Forward(grpc::CallbackServerContext* context,

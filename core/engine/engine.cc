@@ -196,6 +196,60 @@ bool Engine::draining() const { return impl_->batcher->draining(); }
 
 int64_t Engine::batches_in_flight() const { return impl_->batcher->batches_in_flight(); }
 
+absl::Status Engine::Check(const ForwardRequest& request) const {
+  auto entry = catalog_.Get(request.layer);
+  if (!entry.ok()) return entry.status();
+  return CheckAgainst(request, entry->layer->info());
+}
+
+absl::Status Engine::CheckAgainst(const ForwardRequest& request, const Layer::Info& info) const {
+  // No mode outside --precisions ever runs: neither the one asked for nor
+  // the one it becomes on this layer (INT8 on mxfp8 runs BF16).
+  if (!options_.precisions.contains(request.precision)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "precision ", PrecisionName(request.precision), " is not enabled on this server (--precisions ",
+        options_.precisions.ToString(), ")"));
+  }
+  const Precision runs = EffectivePrecision(info.params, request.precision);
+  if (!options_.precisions.contains(runs)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "precision ", PrecisionName(request.precision), " runs as ", PrecisionName(runs), " on ",
+        QuantModeName(info.params.mode), " layer ", QuoteForMessage(info.name), ", and ",
+        PrecisionName(runs), " is not enabled on this server (--precisions ",
+        options_.precisions.ToString(), ")"));
+  }
+  if (!IsFloatDType(request.x_dtype) || !IsFloatDType(request.y_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input and output dtypes must be F32, F16 or BF16; got ", DTypeName(request.x_dtype),
+        " and ", DTypeName(request.y_dtype)));
+  }
+  if (request.k != info.k) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", QuoteForMessage(info.name), " expects input [..., ", info.k, "]; got [..., ", request.k, "]"));
+  }
+  if (request.rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input must hold at least one row of ", info.k, "; got ", request.rows));
+  }
+  if (request.max_answer_bytes != 0) {
+    // rows * n * size + overhead > max, without overflowing.
+    const uint64_t row_bytes = static_cast<uint64_t>(info.n) * DTypeSize(request.y_dtype);
+    const uint64_t overhead = request.answer_overhead_bytes;
+    const uint64_t max = request.max_answer_bytes;
+    const uint64_t r = static_cast<uint64_t>(request.rows);
+    if (overhead > max || r > (max - overhead) / row_bytes) {
+      const long double answer = static_cast<long double>(r) * static_cast<long double>(row_bytes) +
+                                 static_cast<long double>(overhead);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the answer would be ", absl::StrFormat("%.0Lf", answer), " bytes ([", request.rows, ", ",
+          info.n, "] of ", DTypeName(request.y_dtype), " and ", overhead,
+          " more), over the response limit of ", max,
+          " bytes (--max-message-mb); send fewer rows per request"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::Submit(ForwardRequest request, Done done) {
   auto entry = catalog_.Get(request.layer);
   if (!entry.ok()) {
@@ -212,50 +266,7 @@ absl::Status Engine::Submit(ForwardRequest request, Done done) {
     stats->RecordRequest(status.code(), rows);
     return status;
   };
-  // No mode outside --precisions ever runs: neither the one asked for nor
-  // the one it becomes on this layer (INT8 on mxfp8 runs BF16).
-  if (!options_.precisions.contains(request.precision)) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "precision ", PrecisionName(request.precision), " is not enabled on this server (--precisions ",
-        options_.precisions.ToString(), ")")));
-  }
-  const Precision runs = EffectivePrecision(info.params, request.precision);
-  if (!options_.precisions.contains(runs)) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "precision ", PrecisionName(request.precision), " runs as ", PrecisionName(runs), " on ",
-        QuantModeName(info.params.mode), " layer ", QuoteForMessage(info.name), ", and ",
-        PrecisionName(runs), " is not enabled on this server (--precisions ",
-        options_.precisions.ToString(), ")")));
-  }
-  if (!IsFloatDType(request.x_dtype) || !IsFloatDType(request.y_dtype)) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "input and output dtypes must be F32, F16 or BF16; got ", DTypeName(request.x_dtype),
-        " and ", DTypeName(request.y_dtype))));
-  }
-  if (request.k != info.k) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "layer ", QuoteForMessage(info.name), " expects input [..., ", info.k, "]; got [..., ", request.k, "]")));
-  }
-  if (request.rows < 1) {
-    return reject(absl::InvalidArgumentError(
-        absl::StrCat("input must hold at least one row of ", info.k, "; got ", request.rows)));
-  }
-  if (request.max_answer_bytes != 0) {
-    // rows * n * size + overhead > max, without overflowing.
-    const uint64_t row_bytes = static_cast<uint64_t>(info.n) * DTypeSize(request.y_dtype);
-    const uint64_t overhead = request.answer_overhead_bytes;
-    const uint64_t max = request.max_answer_bytes;
-    const uint64_t r = static_cast<uint64_t>(request.rows);
-    if (overhead > max || r > (max - overhead) / row_bytes) {
-      const long double answer = static_cast<long double>(r) * static_cast<long double>(row_bytes) +
-                                 static_cast<long double>(overhead);
-      return reject(absl::ResourceExhaustedError(absl::StrCat(
-          "the answer would be ", absl::StrFormat("%.0Lf", answer), " bytes ([", request.rows, ", ",
-          info.n, "] of ", DTypeName(request.y_dtype), " and ", overhead,
-          " more), over the response limit of ", max,
-          " bytes (--max-message-mb); send fewer rows per request")));
-    }
-  }
+  if (absl::Status checked = CheckAgainst(request, info); !checked.ok()) return reject(checked);
   auto task = std::make_unique<Task>();
   task->entry = *entry;
   task->precision = EffectivePrecision(info.params, request.precision);

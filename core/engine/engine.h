@@ -152,6 +152,12 @@ class Engine {
   // in options().precisions, dtype, K or row count), RESOURCE_EXHAUSTED (queue full, or the answer would exceed
   // request.max_answer_bytes), UNAVAILABLE (draining).
   absl::Status Submit(ForwardRequest request, Done done);
+  // Check is Submit's refusal of `request` as it stands, without queuing or
+  // counting anything: NOT_FOUND and INVALID_ARGUMENT as above, and
+  // RESOURCE_EXHAUSTED for the answer's size; never the queue's state or a
+  // drain, which may change before a Submit. For callers that must refuse
+  // a whole call before any part of it computes (ForwardMulti).
+  absl::Status Check(const ForwardRequest& request) const;
 
   // DrainCounts: what one Drain did, in requests (for the server's log).
   struct DrainCounts {
@@ -207,6 +213,8 @@ class Engine {
 
  private:
   struct Impl;
+  // Check's tests of `request` against the layer `info` describes.
+  absl::Status CheckAgainst(const ForwardRequest& request, const Layer::Info& info) const;
   explicit Engine(const Options& options);
   int64_t batches_in_flight() const;
   // ReadSnapshot reads the totals and every layer, or only `only`.

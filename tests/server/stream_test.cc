@@ -52,10 +52,11 @@ v1::ForwardRequest Request(const std::string& layer, int64_t rows, int64_t k, co
 
 class StreamTest : public ::testing::Test {
  protected:
-  void Start(int max_stream_inflight = 256) {
+  void Start(int max_stream_inflight = 256, PrecisionSet precisions = PrecisionSet::All()) {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.engine.threads = 2;
+    options.engine.precisions = precisions;
     options.max_stream_inflight = max_stream_inflight;
     auto server = QlinearServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -69,9 +70,11 @@ class StreamTest : public ::testing::Test {
     }()));
   }
 
-  void Load(const std::string& name, int64_t n, int64_t k, uint64_t seed = 1) {
+  void Load(const std::string& name, int64_t n, int64_t k, uint64_t seed = 1,
+            v1::Mode mode = v1::AFFINE) {
     v1::QuantizeHeader h;
     h.set_name(name);
+    if (mode != v1::AFFINE) h.mutable_spec()->set_mode(mode);
     h.set_out_features(n);
     h.set_in_features(k);
     h.set_dtype(v1::F32);
@@ -377,6 +380,36 @@ TEST_F(StreamTest, ForwardMultiFailsBeforeAnyCompute) {
   auto stats = client_->Stats("q");
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(Code(stats->layers(0).requests_by_code(), "OK"), 0u);
+}
+
+// What Submit would refuse on one layer only (INT8 on mxfp8 runs BF16,
+// which this server does not enable) fails the call before the layers
+// named before it compute.
+TEST_F(StreamTest, ForwardMultiRefusesAPrecisionOneLayerCannotRunBeforeAnyCompute) {
+  Start(256, *PrecisionSet::Parse("exact,int8"));
+  Load("q", 32, 64, 1);
+  Load("k", 16, 64, 2);
+  Load("fp8", 16, 64, 3, v1::MXFP8);
+  v1::ForwardMultiRequest multi;
+  for (const char* name : {"q", "k", "fp8"}) multi.add_layers(name);
+  *multi.mutable_input() = Request("q", 2, 64, "x").input();
+  multi.set_precision(v1::INT8);
+  auto answer = client_->ForwardMulti(multi);
+  EXPECT_EQ(answer.status().code(), absl::StatusCode::kInvalidArgument) << answer.status();
+  EXPECT_THAT(answer.status().message(), HasSubstr("runs as bf16"));
+  EXPECT_THAT(answer.status().message(), HasSubstr("'fp8'"));
+  auto stats = client_->Stats();
+  ASSERT_TRUE(stats.ok());
+  for (const auto& l : stats->layers()) {
+    EXPECT_EQ(l.batches(), 0u) << l.name();
+    EXPECT_EQ(Code(l.requests_by_code(), "OK"), 0u) << l.name();
+    EXPECT_EQ(Code(l.requests_by_code(), "INVALID_ARGUMENT"), 1u) << l.name();
+  }
+  // The same layers at a precision each can run: one answer per layer.
+  multi.set_precision(v1::EXACT);
+  answer = client_->ForwardMulti(multi);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->outputs_size(), 3);
 }
 
 }  // namespace
