@@ -46,14 +46,6 @@ absl::Status CheckVersion(const std::string& model, const std::string& asked, ui
                                           version, "'"));
 }
 
-// EngineDeadline turns the call's gRPC deadline into the engine's clock.
-Engine::Clock::time_point EngineDeadline(const grpc::CallbackServerContext& context) {
-  const auto wire = context.deadline();
-  if (wire == std::chrono::system_clock::time_point::max()) return Engine::Clock::time_point::max();
-  return Engine::Clock::now() + std::chrono::duration_cast<Engine::Clock::duration>(
-                                    wire - std::chrono::system_clock::now());
-}
-
 // Authorized checks the call's token for the Data plane first, as every
 // qlinear.v1 method does; on a refusal it finishes `reactor` and says false.
 bool Authorized(const Authorizer* auth, grpc::CallbackServerContext* context,
@@ -266,7 +258,7 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(grpc::CallbackServerContext*
   req.k = k;
   req.y_dtype = *dtype;
   req.precision = precision;
-  req.deadline = EngineDeadline(*context);
+  req.deadline = CallDeadline(*context, *engine_);
   req.cancelled = [context] { return context->IsCancelled(); };
   req.max_answer_bytes = options_.max_answer_bytes;
   // Besides y: the names, version, id, shape and parameters.

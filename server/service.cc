@@ -133,12 +133,7 @@ class ForwardReactor : public grpc::ServerUnaryReactor {
     }
     rows_ = parsed_.request.rows;
     Engine::ForwardRequest req = parsed_.request;
-    const auto wire_deadline = context_->deadline();
-    if (wire_deadline != std::chrono::system_clock::time_point::max()) {
-      req.deadline = std::chrono::steady_clock::now() +
-                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                         wire_deadline - std::chrono::system_clock::now());
-    }
+    req.deadline = CallDeadline(*context_, *engine_);
     grpc::CallbackServerContext* context = context_;
     req.cancelled = [context] { return context->IsCancelled(); };
     absl::Status submitted = engine_->Submit(std::move(req), [this](Engine::ForwardResult r) {
@@ -197,16 +192,6 @@ class ForwardReactor : public grpc::ServerUnaryReactor {
   bool counted_ = false;   // the engine counted it (its done ran)
   bool skip_log_ = false;  // unauthorised or malformed: no access line
 };
-
-// The stream deadline as the engine's clock reads it (max: none).
-Engine::Clock::time_point SteadyDeadline(const grpc::CallbackServerContext& context) {
-  const auto wire_deadline = context.deadline();
-  if (wire_deadline == std::chrono::system_clock::time_point::max()) {
-    return Engine::Clock::time_point::max();
-  }
-  return Engine::Clock::now() + std::chrono::duration_cast<Engine::Clock::duration>(
-                                    wire_deadline - std::chrono::system_clock::now());
-}
 
 }  // namespace
 
@@ -493,10 +478,10 @@ class ForwardStreamReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   void Submit(Pending* p, Actions* act) {
     p->rows = p->parsed.request.rows;
     Engine::ForwardRequest req = p->parsed.request;
-    req.deadline = SteadyDeadline(*context_);
+    req.deadline = CallDeadline(*context_, *engine_);
     if (p->parsed.message.timeout_ms() > 0) {
-      req.deadline = std::min(req.deadline, Engine::Clock::now() + std::chrono::milliseconds(
-                                                                       p->parsed.message.timeout_ms()));
+      req.deadline = std::min(req.deadline, engine_->Now() + std::chrono::milliseconds(
+                                                                 p->parsed.message.timeout_ms()));
     }
     grpc::CallbackServerContext* context = context_;
     req.cancelled = [context] { return context->IsCancelled(); };
@@ -590,7 +575,7 @@ class ForwardMultiReactor : public grpc::ServerUnaryReactor {
     const size_t parts = layers_.size();
     results_.resize(parts);
     remaining_ = static_cast<int64_t>(parts) + 1;  // + 1: this loop
-    const auto deadline = SteadyDeadline(*context_);
+    const auto deadline = CallDeadline(*context_, *engine_);
     grpc::CallbackServerContext* context = context_;
     size_t submitted = 0;
     for (; submitted < parts; ++submitted) {

@@ -1,6 +1,7 @@
 #include "server/wire_forward.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -74,6 +75,14 @@ absl::Status NotParsed(size_t bytes) {
 }
 
 }  // namespace
+
+Engine::Clock::time_point CallDeadline(const grpc::ServerContextBase& context,
+                                       const Engine& engine) {
+  const auto wire = context.deadline();
+  if (wire == std::chrono::system_clock::time_point::max()) return Engine::Clock::time_point::max();
+  return engine.Now() + std::chrono::duration_cast<Engine::Clock::duration>(
+                            wire - std::chrono::system_clock::now());
+}
 
 std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
   constexpr int kShown = 8;

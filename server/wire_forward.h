@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "core/engine/engine.h"
 #include "core/precision.h"
+#include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "qlinear/v1/qlinear.pb.h"
 
@@ -78,6 +79,12 @@ void BuildForwardResponse(const ParsedForward& parsed, const Engine::ForwardResu
 
 // ShapeText prints a client-given shape for a message: "[1, -64]", the
 // first 8 dimensions at most ("[1, 2, ..., (1000 dimensions)]").
+// CallDeadline is the call's gRPC deadline (a system_clock point) as a
+// point on `engine`'s clock (Engine::Now), for ForwardRequest::deadline;
+// max() when the call has none. Every data-plane method reads it here.
+Engine::Clock::time_point CallDeadline(const grpc::ServerContextBase& context,
+                                       const Engine& engine);
+
 std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape);
 
 }  // namespace qlinear

@@ -302,6 +302,8 @@ void Engine::RecordMalformed(absl::string_view rpc) {
   ++it->second;
 }
 
+Engine::Clock::time_point Engine::Now() const { return impl_->clock->Now(); }
+
 int64_t Engine::unanswered() const { return impl_->batcher->unanswered(); }
 
 bool Engine::Drain(Clock::time_point deadline, DrainCounts* counts) {

@@ -180,6 +180,9 @@ class Engine {
   int64_t unanswered() const;
 
   int64_t queued_rows() const;
+  // Now is the time on the engine's clock (Options::clock), on which
+  // ForwardRequest::deadline is read.
+  Clock::time_point Now() const;
   // draining() is true once Drain has started.
   bool draining() const;
 

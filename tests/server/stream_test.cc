@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "client/client.h"
+#include "core/engine/clock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -254,6 +255,56 @@ TEST_F(StreamTest, EachRequestMayCarryItsOwnTimeout) {
       EXPECT_EQ(answer.status().code(), 0);
     }
   }
+}
+
+// Deadlines are read on the engine's clock: a request's gRPC deadline and
+// a stream request's timeout_ms become points on it. With a FakeClock the
+// batch delay passes only when the test says, a deadline far away in real
+// time is not yet due then, and one that the fake time passes is.
+TEST(StreamClockTest, DeadlinesAreReadOnTheEnginesClock) {
+  FakeClock clock;
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.engine.threads = 2;
+  options.engine.max_batch_delay_us = 1000000;  // 1 s of fake time
+  options.engine.clock = &clock;
+  auto server = QlinearServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Connect((*server)->address(), Client::Options{.timeout = std::chrono::seconds(60)});
+  v1::QuantizeHeader h;
+  h.set_name("l");
+  h.set_out_features(16);
+  h.set_in_features(64);
+  h.set_dtype(v1::F32);
+  const std::vector<float> w = Floats(16 * 64, 1);
+  ASSERT_TRUE(client->Quantize(h, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, {}).ok());
+
+  // Unary Forward, 60 s of gRPC deadline: the batch runs once the fake
+  // second has passed, well inside it.
+  uint64_t waits = clock.waits();
+  Clock::TimePoint due = clock.Now() + std::chrono::seconds(1);
+  absl::StatusOr<v1::ForwardResponse> unary;
+  std::thread call([&] { unary = client->Forward(Request("l", 1, 64, "u")); });
+  ASSERT_TRUE(clock.BlockUntilWaiting(due, waits));
+  clock.AdvanceBy(std::chrono::seconds(1));
+  call.join();
+  ASSERT_TRUE(unary.ok()) << unary.status();
+
+  // A stream request with timeout_ms 500: due before the batch delay ends,
+  // so the batch that runs at the fake second answers it DEADLINE_EXCEEDED.
+  waits = clock.waits();
+  due = clock.Now() + std::chrono::seconds(1);
+  v1::ForwardRequest timed = Request("l", 1, 64, "t");
+  timed.set_timeout_ms(500);
+  Client::StreamResult streamed;
+  std::thread stream([&] { streamed = client->ForwardStream({timed}); });
+  ASSERT_TRUE(clock.BlockUntilWaiting(due, waits));
+  clock.AdvanceBy(std::chrono::seconds(1));
+  stream.join();
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status;
+  ASSERT_EQ(streamed.answers.size(), 1u);
+  EXPECT_EQ(streamed.answers[0].status().code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED))
+      << streamed.answers[0].status().message();
 }
 
 // With --max-stream-inflight 2 and two slow requests in flight, the third
