@@ -94,9 +94,10 @@ class DataService final
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ForwardStream(
       grpc::CallbackServerContext* context) override;
   // ForwardMulti checks every layer (loaded, distinct, one K equal to the
-  // input's) and the answer's size before it submits anything; then one
-  // Submit per layer; the call answers when all are done, with the first
-  // failure (in the request's order) if any part failed.
+  // input's, and Engine::Check for each) and the answer's size before it
+  // submits anything; then one Submit per layer; the call answers when all
+  // are done: with a Submit's refusal (the parts before it are cancelled),
+  // else the first failure (in the request's order) if any part failed.
   grpc::ServerUnaryReactor* ForwardMulti(grpc::CallbackServerContext* context,
                                          const v1::ForwardMultiRequest* request,
                                          v1::ForwardMultiResponse* response) override;
