@@ -80,8 +80,10 @@ Engine::Clock::time_point CallDeadline(const grpc::ServerContextBase& context,
                                        const Engine& engine) {
   const auto wire = context.deadline();
   if (wire == std::chrono::system_clock::time_point::max()) return Engine::Clock::time_point::max();
-  return engine.Now() + std::chrono::duration_cast<Engine::Clock::duration>(
-                            wire - std::chrono::system_clock::now());
+  const auto remaining = wire - std::chrono::system_clock::now();
+  // Centuries away would overflow the sum: as good as none.
+  if (remaining > std::chrono::hours(24 * 365)) return Engine::Clock::time_point::max();
+  return engine.Now() + std::chrono::duration_cast<Engine::Clock::duration>(remaining);
 }
 
 std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {

@@ -77,14 +77,15 @@ uint64_t AnswerOverheadBytes(const v1::ForwardRequest& request);
 void BuildForwardResponse(const ParsedForward& parsed, const Engine::ForwardResult& result,
                           v1::ForwardResponse* out);
 
-// ShapeText prints a client-given shape for a message: "[1, -64]", the
-// first 8 dimensions at most ("[1, 2, ..., (1000 dimensions)]").
 // CallDeadline is the call's gRPC deadline (a system_clock point) as a
 // point on `engine`'s clock (Engine::Now), for ForwardRequest::deadline;
-// max() when the call has none. Every data-plane method reads it here.
+// max() when the call has none or it is more than a year away. Every
+// data-plane method reads it here.
 Engine::Clock::time_point CallDeadline(const grpc::ServerContextBase& context,
                                        const Engine& engine);
 
+// ShapeText prints a client-given shape for a message: "[1, -64]", the
+// first 8 dimensions at most ("[1, 2, ..., (1000 dimensions)]").
 std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape);
 
 }  // namespace qlinear

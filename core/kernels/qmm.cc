@@ -287,8 +287,9 @@ absl::Status CheckKernelEnvironment() {
     std::vector<absl::string_view> values;
   };
   const Variable variables[] = {
-      {"QLINEAR_SIMD", {SimdTargetName(SimdTarget::kPortable), SimdTargetName(SimdTarget::kAvx2),
-                        SimdTargetName(SimdTarget::kAvx512)}},
+      // "best" is the server's --simd value for no cap (the readers ignore it too).
+      {"QLINEAR_SIMD", {"best", SimdTargetName(SimdTarget::kPortable),
+                        SimdTargetName(SimdTarget::kAvx2), SimdTargetName(SimdTarget::kAvx512)}},
       {"QLINEAR_KERNEL", {KernelStrategyName(KernelStrategy::kAuto),
                           KernelStrategyName(KernelStrategy::kRegister),
                           KernelStrategyName(KernelStrategy::kPanel)}},

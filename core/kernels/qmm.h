@@ -64,8 +64,8 @@ absl::string_view KernelStrategyName(KernelStrategy strategy);
 KernelStrategy DefaultKernelStrategy();
 
 // CheckKernelEnvironment: QLINEAR_SIMD and QLINEAR_KERNEL, where set, name a
-// target and a strategy these kernels know (the readers above ignore any
-// other value). InvalidArgument names the variable, what it may be and what
+// target (or "best") and a strategy these kernels know, in lower case (the
+// readers above ignore any other value). InvalidArgument names the variable, what it may be and what
 // it is. Read afresh at each call; for programs that take the variables
 // straight from their environment (the server checks its own settings).
 absl::Status CheckKernelEnvironment();

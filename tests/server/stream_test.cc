@@ -285,26 +285,42 @@ TEST(StreamClockTest, DeadlinesAreReadOnTheEnginesClock) {
   Clock::TimePoint due = clock.Now() + std::chrono::seconds(1);
   absl::StatusOr<v1::ForwardResponse> unary;
   std::thread call([&] { unary = client->Forward(Request("l", 1, 64, "u")); });
-  ASSERT_TRUE(clock.BlockUntilWaiting(due, waits));
-  clock.AdvanceBy(std::chrono::seconds(1));
+  bool waiting = clock.BlockUntilWaiting(due, waits);
+  clock.AdvanceBy(std::chrono::seconds(1));  // also when not waiting: the call must end
   call.join();
+  ASSERT_TRUE(waiting);
   ASSERT_TRUE(unary.ok()) << unary.status();
 
-  // A stream request with timeout_ms 500: due before the batch delay ends,
-  // so the batch that runs at the fake second answers it DEADLINE_EXCEEDED.
+  // Two stream requests in one batch, with timeout_ms 500 and 5000: the
+  // batch runs at the fake second, after the first is due and before the
+  // second is.
   waits = clock.waits();
   due = clock.Now() + std::chrono::seconds(1);
-  v1::ForwardRequest timed = Request("l", 1, 64, "t");
-  timed.set_timeout_ms(500);
+  v1::ForwardRequest soon = Request("l", 1, 64, "soon");
+  soon.set_timeout_ms(500);
+  v1::ForwardRequest later = Request("l", 1, 64, "later");
+  later.set_timeout_ms(5000);
   Client::StreamResult streamed;
-  std::thread stream([&] { streamed = client->ForwardStream({timed}); });
-  ASSERT_TRUE(clock.BlockUntilWaiting(due, waits));
+  std::thread stream([&] { streamed = client->ForwardStream({soon, later}); });
+  // Both queued before the time moves (a poll of a condition, not a sleep
+  // for timing).
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while ((*server)->engine().queued_rows() < 2 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  waiting = (*server)->engine().queued_rows() == 2 && clock.BlockUntilWaiting(due, waits);
   clock.AdvanceBy(std::chrono::seconds(1));
   stream.join();
+  ASSERT_TRUE(waiting);
   ASSERT_TRUE(streamed.status.ok()) << streamed.status;
-  ASSERT_EQ(streamed.answers.size(), 1u);
-  EXPECT_EQ(streamed.answers[0].status().code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED))
-      << streamed.answers[0].status().message();
+  ASSERT_EQ(streamed.answers.size(), 2u);
+  for (const v1::ForwardStreamResponse& answer : streamed.answers) {
+    const int expected = answer.request_id() == "soon"
+                             ? static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED)
+                             : 0;
+    EXPECT_EQ(answer.status().code(), expected)
+        << answer.request_id() << ": " << answer.status().message();
+  }
 }
 
 // With --max-stream-inflight 2 and two slow requests in flight, the third
@@ -357,6 +373,26 @@ TEST_F(StreamTest, DrainAnswersInFlightThenEndsUnavailable) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_THAT(status.error_message(), HasSubstr("draining"));
   drain.join();
+}
+
+// An idle stream (nothing in flight) is ended by the drain itself, from
+// the draining thread, outside the service's stream registry lock (its
+// OnDone takes that lock, and gRPC may run it inline).
+TEST_F(StreamTest, DrainEndsAnIdleStreamUnavailable) {
+  Start();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub_->ForwardStream(&context);
+  // One answered request: the stream is registered and now idle.
+  ASSERT_TRUE(stream->Write(Request("nope", 1, 8, "first")));
+  v1::ForwardStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.status().code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_TRUE(server_->Shutdown(std::chrono::steady_clock::now() + std::chrono::seconds(30)));
+  EXPECT_FALSE(stream->Read(&answer));
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(), HasSubstr("draining; 1 answers were sent"));
 }
 
 TEST_F(StreamTest, ForwardMultiEqualsPerLayerForward) {

@@ -301,6 +301,8 @@ TEST(KernelEnvironmentTest, RefusesWhatTheKernelsWouldIgnore) {
   setenv("QLINEAR_SIMD", "avx2", 1);
   setenv("QLINEAR_KERNEL", "panel", 1);
   EXPECT_TRUE(CheckKernelEnvironment().ok());
+  setenv("QLINEAR_SIMD", "best", 1);  // the server's --simd default: no cap
+  EXPECT_TRUE(CheckKernelEnvironment().ok());
 
   setenv("QLINEAR_KERNEL", "panle", 1);
   absl::Status s = CheckKernelEnvironment();
@@ -311,7 +313,7 @@ TEST(KernelEnvironmentTest, RefusesWhatTheKernelsWouldIgnore) {
   setenv("QLINEAR_SIMD", "AVX512", 1);  // the names are lower case
   s = CheckKernelEnvironment();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s.message(), "QLINEAR_SIMD must be one of portable, avx2, avx512; got 'AVX512'");
+  EXPECT_EQ(s.message(), "QLINEAR_SIMD must be one of best, portable, avx2, avx512; got 'AVX512'");
 
   for (const Saved& v : saved) {
     if (v.value) {
