@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "core/kernels/qmm.h"
 #include "core/precision.h"
 
 namespace qlinear {
@@ -152,9 +153,9 @@ const std::vector<SettingSpec>& ServerSettingSpecs() {
        "the precisions a Forward may ask for, comma-separated; a request for another is "
        "INVALID_ARGUMENT naming these",
        nullptr, ValidatePrecisions},
-      {"simd", Type::kChoice, "T", "best", 0, 0, "best|avx512|avx2|portable",
+      {"simd", Type::kChoice, "T", "best", 0, 0, kSimdChoices,
        "the best kernel target to use: the CPU's best, or a lower one"},
-      {"kernel", Type::kChoice, "S", "auto", 0, 0, "auto|register|panel",
+      {"kernel", Type::kChoice, "S", "auto", 0, 0, kKernelChoices,
        "how EXACT products on AVX-512 use the cores: auto (the register kernel on every CPU "
        "measured), register, or the GEMM-style panel; the same bits"},
       {"metrics-listen", Type::kAddress, "HOST:PORT", "127.0.0.1:9464", 0, 0, "",

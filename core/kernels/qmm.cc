@@ -10,11 +10,13 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "core/half.h"
 #include "core/names.h"
 #include "tbb/blocked_range.h"
@@ -282,23 +284,14 @@ KernelStrategy DefaultKernelStrategy() {
 }
 
 absl::Status CheckKernelEnvironment() {
-  struct Variable {
-    const char* name;
-    std::vector<absl::string_view> values;
-  };
-  const Variable variables[] = {
-      // "best" is the server's --simd value for no cap (the readers ignore it too).
-      {"QLINEAR_SIMD", {"best", SimdTargetName(SimdTarget::kPortable),
-                        SimdTargetName(SimdTarget::kAvx2), SimdTargetName(SimdTarget::kAvx512)}},
-      {"QLINEAR_KERNEL", {KernelStrategyName(KernelStrategy::kAuto),
-                          KernelStrategyName(KernelStrategy::kRegister),
-                          KernelStrategyName(KernelStrategy::kPanel)}},
-  };
-  for (const Variable& v : variables) {
-    const char* env = std::getenv(v.name);
-    if (env == nullptr || absl::c_linear_search(v.values, absl::string_view(env))) continue;
-    return absl::InvalidArgumentError(absl::StrCat(v.name, " must be one of ",
-                                                   absl::StrJoin(v.values, ", "), "; got ",
+  for (const auto& [name, choices] : {std::pair<const char*, const char*>{"QLINEAR_SIMD", kSimdChoices},
+                                      {"QLINEAR_KERNEL", kKernelChoices}}) {
+    const char* env = std::getenv(name);
+    if (env == nullptr) continue;
+    const std::vector<absl::string_view> allowed = absl::StrSplit(choices, '|');
+    if (absl::c_linear_search(allowed, absl::string_view(env))) continue;
+    return absl::InvalidArgumentError(absl::StrCat(name, " must be one of ",
+                                                   absl::StrJoin(allowed, ", "), "; got ",
                                                    QuoteForMessage(env)));
   }
   return absl::OkStatus();

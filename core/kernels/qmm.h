@@ -63,10 +63,17 @@ absl::string_view KernelStrategyName(KernelStrategy strategy);
 // QLINEAR_KERNEL (auto | register | panel) says otherwise; read once.
 KernelStrategy DefaultKernelStrategy();
 
-// CheckKernelEnvironment: QLINEAR_SIMD and QLINEAR_KERNEL, where set, name a
-// target (or "best") and a strategy these kernels know, in lower case (the
-// readers above ignore any other value). InvalidArgument names the variable, what it may be and what
-// it is. Read afresh at each call; for programs that take the variables
+// The values QLINEAR_SIMD and QLINEAR_KERNEL may take, '|'-separated, the
+// first meaning "no choice" (the readers above ignore it): the one list,
+// read by CheckKernelEnvironment and by the server's --simd and --kernel
+// settings (server/settings.cc). qmm_test checks it against the names.
+inline constexpr char kSimdChoices[] = "best|avx512|avx2|portable";
+inline constexpr char kKernelChoices[] = "auto|register|panel";
+
+// CheckKernelEnvironment: QLINEAR_SIMD and QLINEAR_KERNEL, where set, hold
+// one of their choices above, in lower case (the readers ignore any other
+// value). InvalidArgument names the variable, what it may be and what it
+// is. Read afresh at each call; for programs that take the variables
 // straight from their environment (the server checks its own settings).
 absl::Status CheckKernelEnvironment();
 

@@ -15,8 +15,10 @@
 #include <tuple>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_split.h"
 #include "core/half.h"
 #include "core/reference.h"
 #include "tbb/task_arena.h"
@@ -284,6 +286,21 @@ TEST(SimdTargetTest, DefaultIsSupportedAndNamed) {
   EXPECT_EQ(SimdTargetName(SimdTarget::kAvx512), "avx512");
 }
 
+// The one list of choices holds every name the readers act on, first the
+// value that means none.
+TEST(KernelEnvironmentTest, ChoicesAreTheKernelsNames) {
+  const std::vector<std::string> simd = absl::StrSplit(kSimdChoices, '|');
+  EXPECT_THAT(simd, ::testing::UnorderedElementsAre(
+                        "best", std::string(SimdTargetName(SimdTarget::kAvx512)),
+                        std::string(SimdTargetName(SimdTarget::kAvx2)),
+                        std::string(SimdTargetName(SimdTarget::kPortable))));
+  EXPECT_EQ(simd.front(), "best");
+  const std::vector<std::string> kernel = absl::StrSplit(kKernelChoices, '|');
+  EXPECT_THAT(kernel, ::testing::ElementsAre(std::string(KernelStrategyName(KernelStrategy::kAuto)),
+                                             std::string(KernelStrategyName(KernelStrategy::kRegister)),
+                                             std::string(KernelStrategyName(KernelStrategy::kPanel))));
+}
+
 // The variables the kernels read: a value they would ignore is named, with
 // what was allowed, before anything runs on it.
 TEST(KernelEnvironmentTest, RefusesWhatTheKernelsWouldIgnore) {
@@ -313,7 +330,7 @@ TEST(KernelEnvironmentTest, RefusesWhatTheKernelsWouldIgnore) {
   setenv("QLINEAR_SIMD", "AVX512", 1);  // the names are lower case
   s = CheckKernelEnvironment();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s.message(), "QLINEAR_SIMD must be one of best, portable, avx2, avx512; got 'AVX512'");
+  EXPECT_EQ(s.message(), "QLINEAR_SIMD must be one of best, avx512, avx2, portable; got 'AVX512'");
 
   for (const Saved& v : saved) {
     if (v.value) {
