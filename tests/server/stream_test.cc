@@ -53,12 +53,17 @@ v1::ForwardRequest Request(const std::string& layer, int64_t rows, int64_t k, co
 
 class StreamTest : public ::testing::Test {
  protected:
-  void Start(int max_stream_inflight = 256, PrecisionSet precisions = PrecisionSet::All()) {
+  // Options: the tests' server (2 threads, a free port), for a test to
+  // adjust before Start(options).
+  static ServerOptions Options(int max_stream_inflight = 256) {
     ServerOptions options;
     options.listen = "127.0.0.1:0";
     options.engine.threads = 2;
-    options.engine.precisions = precisions;
     options.max_stream_inflight = max_stream_inflight;
+    return options;
+  }
+  void Start(int max_stream_inflight = 256) { Start(Options(max_stream_inflight)); }
+  void Start(const ServerOptions& options) {
     auto server = QlinearServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -94,6 +99,7 @@ class StreamTest : public ::testing::Test {
     return it == m.end() ? 0 : it->second;
   }
 
+  FakeClock clock_;  // for a test that gives it to the engine; outlives server_
   std::unique_ptr<QlinearServer> server_;
   std::unique_ptr<Client> client_;
   std::unique_ptr<v1::Data::Stub> stub_;
@@ -261,32 +267,21 @@ TEST_F(StreamTest, EachRequestMayCarryItsOwnTimeout) {
 // a stream request's timeout_ms become points on it. With a FakeClock the
 // batch delay passes only when the test says, a deadline far away in real
 // time is not yet due then, and one that the fake time passes is.
-TEST(StreamClockTest, DeadlinesAreReadOnTheEnginesClock) {
-  FakeClock clock;
-  ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.engine.threads = 2;
+TEST_F(StreamTest, DeadlinesAreReadOnTheEnginesClock) {
+  ServerOptions options = Options();
   options.engine.max_batch_delay_us = 1000000;  // 1 s of fake time
-  options.engine.clock = &clock;
-  auto server = QlinearServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = Client::Connect((*server)->address(), Client::Options{.timeout = std::chrono::seconds(60)});
-  v1::QuantizeHeader h;
-  h.set_name("l");
-  h.set_out_features(16);
-  h.set_in_features(64);
-  h.set_dtype(v1::F32);
-  const std::vector<float> w = Floats(16 * 64, 1);
-  ASSERT_TRUE(client->Quantize(h, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, {}).ok());
+  options.engine.clock = &clock_;
+  Start(options);
+  Load("l", 16, 64);
 
   // Unary Forward, 60 s of gRPC deadline: the batch runs once the fake
   // second has passed, well inside it.
-  uint64_t waits = clock.waits();
-  Clock::TimePoint due = clock.Now() + std::chrono::seconds(1);
+  uint64_t waits = clock_.waits();
+  Clock::TimePoint due = clock_.Now() + std::chrono::seconds(1);
   absl::StatusOr<v1::ForwardResponse> unary;
-  std::thread call([&] { unary = client->Forward(Request("l", 1, 64, "u")); });
-  bool waiting = clock.BlockUntilWaiting(due, waits);
-  clock.AdvanceBy(std::chrono::seconds(1));  // also when not waiting: the call must end
+  std::thread call([&] { unary = client_->Forward(Request("l", 1, 64, "u")); });
+  bool waiting = clock_.BlockUntilWaiting(due, waits);
+  clock_.AdvanceBy(std::chrono::seconds(1));  // also when not waiting: the call must end
   call.join();
   ASSERT_TRUE(waiting);
   ASSERT_TRUE(unary.ok()) << unary.status();
@@ -294,22 +289,22 @@ TEST(StreamClockTest, DeadlinesAreReadOnTheEnginesClock) {
   // Two stream requests in one batch, with timeout_ms 500 and 5000: the
   // batch runs at the fake second, after the first is due and before the
   // second is.
-  waits = clock.waits();
-  due = clock.Now() + std::chrono::seconds(1);
+  waits = clock_.waits();
+  due = clock_.Now() + std::chrono::seconds(1);
   v1::ForwardRequest soon = Request("l", 1, 64, "soon");
   soon.set_timeout_ms(500);
   v1::ForwardRequest later = Request("l", 1, 64, "later");
   later.set_timeout_ms(5000);
   Client::StreamResult streamed;
-  std::thread stream([&] { streamed = client->ForwardStream({soon, later}); });
+  std::thread stream([&] { streamed = client_->ForwardStream({soon, later}); });
   // Both queued before the time moves (a poll of a condition, not a sleep
   // for timing).
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while ((*server)->engine().queued_rows() < 2 && std::chrono::steady_clock::now() < give_up) {
+  while (server_->engine().queued_rows() < 2 && std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  waiting = (*server)->engine().queued_rows() == 2 && clock.BlockUntilWaiting(due, waits);
-  clock.AdvanceBy(std::chrono::seconds(1));
+  waiting = server_->engine().queued_rows() == 2 && clock_.BlockUntilWaiting(due, waits);
+  clock_.AdvanceBy(std::chrono::seconds(1));
   stream.join();
   ASSERT_TRUE(waiting);
   ASSERT_TRUE(streamed.status.ok()) << streamed.status;
@@ -473,7 +468,9 @@ TEST_F(StreamTest, ForwardMultiFailsBeforeAnyCompute) {
 // which this server does not enable) fails the call before the layers
 // named before it compute.
 TEST_F(StreamTest, ForwardMultiRefusesAPrecisionOneLayerCannotRunBeforeAnyCompute) {
-  Start(256, *PrecisionSet::Parse("exact,int8"));
+  ServerOptions options = Options();
+  options.engine.precisions = *PrecisionSet::Parse("exact,int8");
+  Start(options);
   Load("q", 32, 64, 1);
   Load("k", 16, 64, 2);
   Load("fp8", 16, 64, 3, v1::MXFP8);
