@@ -64,8 +64,8 @@ using kernels::TileArgs;
 
 using TileFn = void (*)(const TileArgs&);
 
-// The fewest rows a panel task takes (qmm_panel_avx512.cc decodes each
-// group once per task): two of its 12-row micro-kernel blocks.
+// The fewest rows a panel task takes (qmm_panel_avx512.cc decodes its
+// block's codes once per task): four of its 6-row micro-kernel blocks.
 constexpr int64_t kPanelChunkRows = 24;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -44,17 +44,18 @@ SimdTarget DefaultSimdTarget();
 // gives the same bits (kernel_args.h's sequence), only speed differs.
 //   kRegister: codes decoded in registers, shared by up to 8 rows
 //              (qmm_avx512.cc).
-//   kPanel:    one group of codes decoded once into a float32 panel in L1,
-//              then a 12-row x 32-output micro-kernel over every row
-//              (qmm_panel_avx512.cc), the GEMM-style strategy.
+//   kPanel:    a block's codes decoded once per call, 1024 inputs at a
+//              time, into a float32 panel in L2, then a 6-row x 64-output
+//              micro-kernel over every row (qmm_panel_avx512.cc), the
+//              GEMM-style strategy.
 //   kAuto:     ChooseStrategy's rule.
-// Measured (docs/performance.md, N = K = 4096 4-bit): the panel was slower
-// than the register kernel at every M from 1 to 128 on a 16-core Xeon (8
-// and 16 threads) and at M = 1 and 16 on Zen 5 (2 threads), and won no
-// clear margin at M = 32 or 128 there (noisy rounds both ways), so kAuto
-// runs the register kernel; the panel is there to be asked for (QLINEAR_KERNEL=panel) and
-// measured on other CPUs. Other targets and precisions run their tile
-// kernels whatever is asked.
+// Measured (docs/performance.md, N = K = 4096 4-bit): on a 16-core Xeon
+// the panel is level with the register kernel to 10 % faster at M = 128
+// and slower at M = 32 (16 threads, noisy runs); on Zen 5 its first form
+// lost at few rows and won no clear margin at 32 or 128. So kAuto runs
+// the register kernel; the panel is there to be asked for
+// (QLINEAR_KERNEL=panel) and measured on other CPUs. Other targets and
+// precisions run their tile kernels whatever is asked.
 enum class KernelStrategy { kAuto = 0, kRegister = 1, kPanel = 2 };
 
 absl::string_view KernelStrategyName(KernelStrategy strategy);

@@ -5,10 +5,12 @@
 // each decoded vector among at most 8 rows: on a core where the vector
 // ALU work of the decode competes with the FMAs for the same ports (Intel's
 // 512-bit pipes), that costs many-row products a fifth of their speed.
-// Here a pair of tiles (32 outputs) has one group of codes decoded once
-// into a small panel of float32 values, [group_size][32], which stays in
-// L1, and a register-blocked micro-kernel (12 rows x 32 outputs of
-// accumulators) runs every row of the call over it.
+// Here a block's 4 tiles (64 outputs) have kChunkK inputs of codes decoded
+// once per call into a panel of float32 values, [kChunkK][64] (256 KiB,
+// which stays in L2), and a register-blocked micro-kernel (6 rows x 64
+// outputs of accumulators: 4 panel loads and 6 broadcasts per 24 FMAs)
+// runs every row of the call over it, each row's inputs read in place as
+// one sequential stream.
 //
 // The arithmetic is kernel_args.h's sequence, operation for operation:
 // each group is summed from a fresh accumulator over the exact code values
@@ -20,15 +22,22 @@
 // (qmm_test checks every format against the scalar oracle through both).
 // The outputs' partial sums live in y between groups.
 //
-// Measured (docs/performance.md): 13-14 % slower than the tile kernel at
-// M = 128 on a 16-core Xeon, more at fewer rows, and no clear win on Zen 5,
-// so it runs only when asked for (qmm.h's KernelStrategy). What it costs beyond the
-// micro-kernel, which alone reaches the FMA peak here: a fold of 24
-// accumulators through memory per group of 64 inputs, the panel decode and
-// the copy of each row block's inputs.
+// Measured (docs/performance.md, 2026-12-03): at M = 128 on a 16-core
+// Xeon, level with the tile kernel to 10 % faster, slower at M = 32; still
+// 1.5x behind ONNX Runtime's fp32 GEMM on the same host. So it runs only
+// when asked for (qmm.h's KernelStrategy). A micro-benchmark of this
+// micro-kernel on an Emerald Rapids core: 84 % of the FMA peak with its
+// panel in L1, 70 % with it in L2; the first design (one group decoded
+// into an L1 panel for all the call's rows, 12 x 32 accumulators, each row
+// block's inputs copied per group) was 13-14 % slower than the tile
+// kernel there.
 // Self-contained: no functions with external linkage shared with other
 // translation units.
 #include <immintrin.h>
+
+#include <cstdlib>
+#include <memory>
+#include <new>
 
 #include "core/kernels/kernel_args.h"
 #include "core/kernels/simd_params.h"
@@ -36,11 +45,15 @@
 namespace qlinear::kernels {
 namespace {
 
-constexpr int kPanelTiles = 2;
-constexpr int kPanelN = kPanelTiles * kTileN;
-constexpr int kPanelRows = 12;
-// The largest group (kernel_args.h's formats: 32, 64 or 128 inputs).
-constexpr int kMaxGroup = 128;
+// A block's 4 tiles (64 outputs) are decoded together: panel[k][64].
+constexpr int kPanelN = kBlockTiles * kTileN;
+// Rows of the micro-kernel: 6 rows x 4 tiles of accumulators (24
+// registers, beside the 4 panel vectors of one k).
+constexpr int kPanelRows = 6;
+// Inputs decoded per panel: a whole number of groups of every size (32, 64
+// or 128), 256 KiB of float32 for the block, which stays in L2 while every
+// row of the call runs over it.
+constexpr int64_t kChunkK = 1024;
 
 // The code in bits [I*B, I*B+B) of each lane of w, as its float32 value.
 template <int B, Decode D, int I>
@@ -60,126 +73,104 @@ __attribute__((always_inline)) inline void DecodeWord(__m512i w, __m512 lut, flo
   }
 }
 
-// Decodes group g of the pair of tiles starting at `codes` into
-// panel[k][32]: k within the group, the first tile's 16 outputs, then the
-// second's.
+// Decodes inputs [k0, k0 + n) of the block's 4 tiles into panel[k - k0][64]:
+// the first tile's 16 outputs, then the second's, ...
 template <int B, Decode D>
-void DecodePanel(const TileArgs& a, const uint32_t* codes, int64_t g, __m512 lut,
-                 float* panel) {
+void DecodePanel(const TileArgs& a, int64_t k0, int64_t n, __m512 lut, float* panel) {
   constexpr int kCpl = 32 / B;
-  const int64_t words = a.group_size / kCpl;
-  for (int t = 0; t < kPanelTiles; ++t) {
-    const uint32_t* p = codes + t * a.codes_stride + g * words * kTileN;
-    for (int64_t j = 0; j < words; ++j) {
+  for (int t = 0; t < kBlockTiles; ++t) {
+    const uint32_t* p = a.codes + t * a.codes_stride + k0 / kCpl * kTileN;
+    for (int64_t j = 0; j < n / kCpl; ++j) {
       DecodeWord<B, D, 0>(_mm512_loadu_si512(p + j * kTileN), lut,
                           panel + j * kCpl * kPanelN + t * kTileN);
     }
   }
 }
 
-// R rows (R <= kPanelRows) x 32 outputs over one group's panel, folded
-// into y (zero before the first group). x holds the R rows' inputs of the
-// group, row r at x + r * group_size.
+// R rows (R <= kPanelRows) x 64 outputs over group g, whose decoded codes
+// start at `panel`, folded into y (zero before the first group). Row r's
+// inputs of the group start at x[r].
 template <int R>
-__attribute__((always_inline)) inline void Micro(const float* panel, int64_t group_size,
-                                                 const float* x, float* y, int64_t y_stride,
-                                                 const __m512* s, const __m512* b,
-                                                 const float* xsum, int64_t xsum_stride,
-                                                 bool first) {
-  __m512 acc[R][kPanelTiles];
+__attribute__((always_inline)) inline void Micro(const TileArgs& a, const float* panel,
+                                                 const float* const* x, int64_t g, float* y) {
+  __m512 acc[R][kBlockTiles];
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < kPanelTiles; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int t = 0; t < kBlockTiles; ++t) acc[r][t] = _mm512_setzero_ps();
   }
-  for (int64_t k = 0; k < group_size; ++k) {
-    const __m512 p0 = _mm512_load_ps(panel + k * kPanelN);
-    const __m512 p1 = _mm512_load_ps(panel + k * kPanelN + kTileN);
+  for (int64_t k = 0; k < a.group_size; ++k) {
+    __m512 v[kBlockTiles];
+    for (int t = 0; t < kBlockTiles; ++t) v[t] = _mm512_load_ps(panel + k * kPanelN + t * kTileN);
     for (int r = 0; r < R; ++r) {
-      const __m512 xv = _mm512_set1_ps(x[r * group_size + k]);
-      acc[r][0] = _mm512_fmadd_ps(xv, p0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(xv, p1, acc[r][1]);
+      const __m512 xv = _mm512_set1_ps(x[r][k]);
+      for (int t = 0; t < kBlockTiles; ++t) acc[r][t] = _mm512_fmadd_ps(xv, v[t], acc[r][t]);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < kPanelTiles; ++t) {
-      float* out = y + r * y_stride + t * kTileN;
-      __m512 v = first ? _mm512_setzero_ps() : _mm512_loadu_ps(out);
-      v = _mm512_fmadd_ps(s[t], acc[r][t], v);
-      if (b != nullptr) v = _mm512_fmadd_ps(b[t], _mm512_set1_ps(xsum[r * xsum_stride]), v);
-      _mm512_storeu_ps(out, v);
+  for (int t = 0; t < kBlockTiles; ++t) {
+    const __m512 s = LoadParams(a.scales, a.scale_type, g * kBlockStride + t * kTileN);
+    const __m512 b = a.biases != nullptr
+                         ? LoadParams(a.biases, a.scale_type, g * kBlockStride + t * kTileN)
+                         : _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) {
+      float* out = y + r * a.y_stride + t * kTileN;
+      __m512 u = g == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(out);
+      u = _mm512_fmadd_ps(s, acc[r][t], u);
+      if (a.biases != nullptr) {
+        u = _mm512_fmadd_ps(b, _mm512_set1_ps(a.xsum[r * a.xsum_stride + g]), u);
+      }
+      _mm512_storeu_ps(out, u);
     }
   }
 }
 
-// The R rows of one row block over both panels of the block.
+// Rows [m, m + R) over the groups of one decoded chunk.
 template <int R>
-__attribute__((always_inline)) inline void RowBlock(const TileArgs& a, const float* panels,
-                                                    const float* x, float* y, const __m512* s,
-                                                    const __m512* b, const float* xsum,
-                                                    bool first) {
-  for (int pair = 0; pair < kBlockTiles / kPanelTiles; ++pair) {
-    Micro<R>(panels + pair * kMaxGroup * kPanelN, a.group_size, x, y + pair * kPanelN,
-             a.y_stride, s + pair * kPanelTiles, b == nullptr ? nullptr : b + pair * kPanelTiles,
-             xsum, a.xsum_stride, first);
+void RowBlock(const TileArgs& a, const float* panel, int64_t k0, int64_t n, int m) {
+  const float* x[R];
+  for (int r = 0; r < R; ++r) x[r] = a.x + (m + r) * a.x_stride + k0;
+  TileArgs rows = a;
+  rows.xsum = a.xsum + m * a.xsum_stride;
+  float* y = a.y + m * a.y_stride;
+  for (int64_t k = 0; k < n; k += a.group_size) {
+    Micro<R>(rows, panel + k * kPanelN, x, (k0 + k) / a.group_size, y);
+    for (int r = 0; r < R; ++r) x[r] += a.group_size;
   }
+}
+
+// The panel of a chunk (kChunkK x 64 floats), one per thread, allocated on
+// the thread's first panel call and kept for its life (256 KiB each).
+float* PanelBuffer() {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<float, Free> buffer(static_cast<float*>(
+      std::aligned_alloc(64, static_cast<size_t>(kChunkK * kPanelN) * sizeof(float))));
+  return buffer.get();
 }
 
 template <int B, Decode D>
 void Panel(const TileArgs& a) {
-  static_assert(kBlockTiles % kPanelTiles == 0);
   const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f,
                                     -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
-  constexpr int kPairs = kBlockTiles / kPanelTiles;
-  alignas(64) float panels[kPairs * kMaxGroup * kPanelN];
-  // A row block's inputs of one group, copied together: rows k floats
-  // apart fall into the same few L1 sets (k = 4096: 16 KiB apart), and a
-  // 12-row micro-kernel then loses its lines to conflicts.
-  alignas(64) float xg[kPanelRows * kMaxGroup];
-  const int64_t gs = a.group_size;
-  for (int64_t g = 0; g < a.groups; ++g) {
-    __m512 s[kBlockTiles], b[kBlockTiles];
-    for (int t = 0; t < kBlockTiles; ++t) {
-      s[t] = LoadParams(a.scales, a.scale_type, g * kBlockStride + t * kTileN);
-      if (a.biases != nullptr) {
-        b[t] = LoadParams(a.biases, a.scale_type, g * kBlockStride + t * kTileN);
-      }
-    }
-    for (int pair = 0; pair < kPairs; ++pair) {
-      DecodePanel<B, D>(a, a.codes + pair * kPanelTiles * a.codes_stride, g, lut,
-                        panels + pair * kMaxGroup * kPanelN);
-    }
-    const __m512* bp = a.biases != nullptr ? b : nullptr;
-    const bool first = g == 0;
-    for (int r = 0; r < a.rows; r += kPanelRows) {
-      const int n = a.rows - r < kPanelRows ? a.rows - r : kPanelRows;
-      for (int i = 0; i < n; ++i) {
-        const float* from = a.x + (r + i) * a.x_stride + g * gs;
-        for (int64_t k = 0; k < gs; k += 16) {
-          _mm512_store_ps(xg + i * gs + k, _mm512_loadu_ps(from + k));
-        }
-      }
-      float* y = a.y + r * a.y_stride;
-      const float* xsum = a.xsum + r * a.xsum_stride + g;
-      switch (n) {
-#define QLINEAR_PANEL_ROWS(rows)                              \
-  case rows:                                                  \
-    RowBlock<rows>(a, panels, xg, y, s, bp, xsum, first); \
+  float* panel = PanelBuffer();
+  if (panel == nullptr) throw std::bad_alloc();
+  for (int64_t k0 = 0; k0 < a.k; k0 += kChunkK) {
+    const int64_t n = a.k - k0 < kChunkK ? a.k - k0 : kChunkK;
+    DecodePanel<B, D>(a, k0, n, lut, panel);
+    int m = 0;
+    for (; m + kPanelRows <= a.rows; m += kPanelRows) RowBlock<kPanelRows>(a, panel, k0, n, m);
+    switch (a.rows - m) {
+#define QLINEAR_PANEL_ROWS(rows)        \
+  case rows:                            \
+    RowBlock<rows>(a, panel, k0, n, m); \
     break;
-        QLINEAR_PANEL_ROWS(1)
-        QLINEAR_PANEL_ROWS(2)
-        QLINEAR_PANEL_ROWS(3)
-        QLINEAR_PANEL_ROWS(4)
-        QLINEAR_PANEL_ROWS(5)
-        QLINEAR_PANEL_ROWS(6)
-        QLINEAR_PANEL_ROWS(7)
-        QLINEAR_PANEL_ROWS(8)
-        QLINEAR_PANEL_ROWS(9)
-        QLINEAR_PANEL_ROWS(10)
-        QLINEAR_PANEL_ROWS(11)
-        QLINEAR_PANEL_ROWS(12)
+      QLINEAR_PANEL_ROWS(1)
+      QLINEAR_PANEL_ROWS(2)
+      QLINEAR_PANEL_ROWS(3)
+      QLINEAR_PANEL_ROWS(4)
+      QLINEAR_PANEL_ROWS(5)
 #undef QLINEAR_PANEL_ROWS
-        default:
-          break;
-      }
+      default:
+        break;
     }
   }
 }
