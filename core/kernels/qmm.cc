@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -68,7 +69,49 @@ using TileFn = void (*)(const TileArgs&);
 // block's codes once per task): four of its 6-row micro-kernel blocks.
 constexpr int64_t kPanelChunkRows = 24;
 
+// Inputs (rows x k values) from which a call prepares its rows on all its
+// threads rather than on the caller's alone (QuantizedMatmul).
+constexpr int64_t kParallelPrepareValues = 16384;
+
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Runs body(0) .. body(count - 1) as separate tasks in options.arena (or
+// the caller's arena), and returns when all have: the door through which
+// a call's work reaches its threads. Each body brackets its work with
+// HappensAfter() / HappensBefore().
+template <typename Body>
+void RunTasks(const MatmulOptions& options, int64_t count, const Body& body) {
+  auto run = [&] {
+    // An arena whose slots are taken (the engine's compute slots share
+    // one) may run this on another of its threads: its reads of the
+    // captures need the same edge as the bodies'.
+    HappensAfter();
+#ifdef QLINEAR_UNDER_TSAN
+    // TSan builds run a call's tasks on this thread. oneTBB (not built with
+    // TSan) hands a finished task back through an atomic in a wait context
+    // on this thread's stack, written by the worker after its body's last
+    // HappensBefore and read back inside libtbb, unseen: the stack memory
+    // that later frames reuse was then reported as racing with that write
+    // (CI, engine_test, once tasks over rows made workers join small
+    // calls). The engine's own threads and the arena stay as they are.
+    for (int64_t task = 0; task < count; ++task) body(task);
+#else
+    // One task per index: on a shared host one core can run slower than
+    // the other, and a one-row block is only ~4 us of work, so fine tasks
+    // even out the end of a call (measured 2-3 % faster at one row than 4
+    // chunks per thread, no change for larger batches).
+    tbb::parallel_for(int64_t{0}, count, int64_t{1}, body, tbb::simple_partitioner());
+#endif
+    HappensBefore();
+  };
+  HappensBefore();
+  if (options.arena != nullptr) {
+    options.arena->execute(run);
+  } else {
+    run();
+  }
+  HappensAfter();
+}
 
 TileFn KernelFor(SimdTarget target) {
   switch (target) {
@@ -392,30 +435,78 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   const int64_t groups = w.groups_;
   const int64_t gs = w.params_.group_size;
 
-  // float32 inputs (exact widening) and per-group input sums, once per row.
-  const float* xf = static_cast<const float*>(x);
-  if (x_dtype != DType::kF32) {
-    float* buf = Grow(scratch.x, static_cast<size_t>(rows * k));
-    for (int64_t i = 0; i < rows * k; ++i) buf[i] = LoadFloat(x_dtype, x, static_cast<size_t>(i));
-    xf = buf;
-  }
   const Precision precision = EffectivePrecision(w.params_, options.precision);
-  float* xsum = Grow(scratch.xsum, static_cast<size_t>(rows * groups));
-  // Summed in double, k ascending, and rounded once: the bias term b·xsum is
-  // where the factored form can cancel, so its input should carry no extra
-  // error. Eight groups at a time, so that their add chains overlap. (INT8
-  // and BF16 write their own sums below.)
-  for (int64_t m = 0; precision == Precision::kExact && m < rows; ++m) {
-    const float* row = xf + m * k;
-    for (int64_t g0 = 0; g0 < groups; g0 += 8) {
-      const int64_t count = std::min<int64_t>(8, groups - g0);
-      double s[8] = {};
-      for (int64_t i = 0; i < gs; ++i) {
-        for (int64_t j = 0; j < count; ++j) s[j] += row[(g0 + j) * gs + i];
-      }
-      for (int64_t j = 0; j < count; ++j) xsum[m * groups + g0 + j] = static_cast<float>(s[j]);
-    }
+  MatmulOptions effective = options;
+  effective.precision = precision;
+  const bool panel = ChooseStrategy(effective, rows) == KernelStrategy::kPanel;
+
+  // Once per row, before the products: the float32 input (exact widening),
+  // for EXACT its per-group sums, and the pre-scaled input below. At 16
+  // threads and 128 rows of K = 4096 this took about 0.45 ms on one thread
+  // (a tenth of the call), so with several rows it runs on the call's
+  // threads too.
+  //
+  // The AVX-512 tile kernel reads integer codes from pre-scaled inputs
+  // (kernel_args.h), and so does the AVX2 kernel for one row (with several
+  // rows it is FMA-bound, and its masks in place measured no faster),
+  // unless some |x| is too small to scale exactly. The panel decodes
+  // codes to their values and reads x as it is.
+  const bool scale = !panel && precision == Precision::kExact && w.decode_ == Decode::kInt &&
+                     (options.target == SimdTarget::kAvx512 ||
+                      (options.target == SimdTarget::kAvx2 && rows == 1));
+  const float* xf = static_cast<const float*>(x);
+  float* widened = nullptr;
+  if (x_dtype != DType::kF32) {
+    widened = Grow(scratch.x, static_cast<size_t>(rows * k));
+    xf = widened;
   }
+  float* xsum = Grow(scratch.xsum, static_cast<size_t>(rows * groups));
+  float* scaled = scale ? Grow(scratch.x_scaled, static_cast<size_t>(rows * k)) : nullptr;
+  std::atomic<bool> scaled_exactly{true};
+  auto prepare_rows = [&](int64_t first, int64_t last) {
+    if (widened != nullptr) {
+      for (int64_t i = first * k; i < last * k; ++i) {
+        widened[i] = LoadFloat(x_dtype, x, static_cast<size_t>(i));
+      }
+    }
+    // Summed in double, k ascending, and rounded once: the bias term b·xsum
+    // is where the factored form can cancel, so its input should carry no
+    // extra error. Eight groups at a time, so that their add chains
+    // overlap. (INT8 and BF16 write their own sums below.)
+    for (int64_t m = first; precision == Precision::kExact && m < last; ++m) {
+      const float* row = xf + m * k;
+      for (int64_t g0 = 0; g0 < groups; g0 += 8) {
+        const int64_t count = std::min<int64_t>(8, groups - g0);
+        double s[8] = {};
+        for (int64_t i = 0; i < gs; ++i) {
+          for (int64_t j = 0; j < count; ++j) s[j] += row[(g0 + j) * gs + i];
+        }
+        for (int64_t j = 0; j < count; ++j) xsum[m * groups + g0 + j] = static_cast<float>(s[j]);
+      }
+    }
+    if (scaled != nullptr) {
+      const int64_t n = (last - first) * k;
+      const bool ok =
+          options.target == SimdTarget::kAvx512
+              ? kernels::PrescaleAvx512(xf + first * k, n, w.lane_bits_, scaled + first * k)
+              : kernels::PrescaleAvx2(xf + first * k, n, w.lane_bits_, scaled + first * k);
+      if (!ok) scaled_exactly.store(false, std::memory_order_relaxed);
+    }
+  };
+  const int64_t threads = options.arena != nullptr ? options.arena->max_concurrency()
+                                                   : tbb::this_task_arena::max_concurrency();
+  if (threads > 1 && rows > 1 && rows * k >= kParallelPrepareValues) {
+    // Pieces of whole rows, two per thread.
+    const int64_t piece = CeilDiv(rows, 2 * threads);
+    RunTasks(options, CeilDiv(rows, piece), [&](int64_t task) {
+      HappensAfter();
+      prepare_rows(task * piece, std::min(rows, (task + 1) * piece));
+      HappensBefore();
+    });
+  } else {
+    prepare_rows(0, rows);
+  }
+  const float* x_scaled = scaled_exactly.load(std::memory_order_relaxed) ? scaled : nullptr;
 
   // INT8 and BF16 read their prepared input (kernel_args.h).
   const void* xp = nullptr;
@@ -448,26 +539,6 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     xp_stride = k * 2;
     // The same for BF16: the sum of the rounded, flushed input.
     if (w.params_.has_biases()) kernels::Bf16GroupSums(xf, rows, k, gs, xsum);
-  }
-
-  MatmulOptions effective = options;
-  effective.precision = precision;
-  const bool panel = ChooseStrategy(effective, rows) == KernelStrategy::kPanel;
-
-  // The AVX-512 tile kernel reads integer codes from pre-scaled inputs
-  // (kernel_args.h), and so does the AVX2 kernel for one row (with several
-  // rows it is FMA-bound, and its masks in place measured no faster),
-  // unless some |x| is too small to scale exactly. The panel decodes
-  // codes to their values and reads x as it is.
-  const float* x_scaled = nullptr;
-  if (!panel && precision == Precision::kExact && w.decode_ == Decode::kInt &&
-      (options.target == SimdTarget::kAvx512 ||
-       (options.target == SimdTarget::kAvx2 && rows == 1))) {
-    float* buf = Grow(scratch.x_scaled, static_cast<size_t>(rows * k));
-    const bool ok = options.target == SimdTarget::kAvx512
-                        ? kernels::PrescaleAvx512(xf, rows * k, w.lane_bits_, buf)
-                        : kernels::PrescaleAvx2(xf, rows * k, w.lane_bits_, buf);
-    if (ok) x_scaled = buf;
   }
 
   // Kernels write whole blocks: straight into y when that fits, else scratch.
@@ -512,8 +583,6 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   // layer of few blocks still gives every thread work). A chunk is whole
   // row blocks of the kernel: kMaxRows rows for the tile kernels, at least
   // kPanelChunkRows for the panel (each chunk decodes its panels again).
-  const int64_t threads = options.arena != nullptr ? options.arena->max_concurrency()
-                                                   : tbb::this_task_arena::max_concurrency();
   const int64_t unit = panel ? kPanelChunkRows : kMaxRows;
   int64_t chunk = panel ? rows : std::max<int64_t>(rows, kMaxRows);
   while (chunk > unit && blocks * CeilDiv(rows, chunk) < 4 * threads) {
@@ -548,37 +617,7 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
     }
     HappensBefore();
   };
-  auto run = [&] {
-    // An arena whose slots are taken (the engine's compute slots share
-    // one) may run this on another of its threads: its reads of the
-    // captures need the same edge as the bodies'.
-    HappensAfter();
-#ifdef QLINEAR_UNDER_TSAN
-    // TSan builds run a call's tasks on this thread. oneTBB (not built with
-    // TSan) hands a finished task back through an atomic in a wait context
-    // on this thread's stack, written by the worker after its body's last
-    // HappensBefore and read back inside libtbb, unseen: the stack memory
-    // that later frames reuse was then reported as racing with that write
-    // (CI, engine_test, once tasks over rows made workers join small
-    // calls). The engine's own threads and the arena stay as they are.
-    for (int64_t task = 0; task < blocks * chunks; ++task) run_task(task);
-#else
-    // One task per block and chunk: on a shared host one core can run
-    // slower than the other, and a one-row block is only ~4 us of work, so
-    // fine tasks even out the end of a call (measured 2-3 % faster at one
-    // row than 4 chunks per thread, no change for larger batches).
-    tbb::parallel_for(int64_t{0}, blocks * chunks, int64_t{1}, run_task,
-                      tbb::simple_partitioner());
-#endif
-    HappensBefore();
-  };
-  HappensBefore();
-  if (options.arena != nullptr) {
-    options.arena->execute(run);
-  } else {
-    run();
-  }
-  HappensAfter();
+  RunTasks(options, blocks * chunks, run_task);
 
   // Epilogue: bias, then the output dtype.
   if (direct && bias == nullptr) return;
