@@ -69,8 +69,9 @@ using TileFn = void (*)(const TileArgs&);
 // block's codes once per task): four of its 6-row micro-kernel blocks.
 constexpr int64_t kPanelChunkRows = 24;
 
-// Inputs (rows x k values) from which a call prepares its rows on all its
-// threads rather than on the caller's alone (QuantizedMatmul).
+// Inputs (rows x k values), or outputs, from which a call prepares its rows,
+// or finishes them, on all its threads rather than on the caller's alone
+// (QuantizedMatmul).
 constexpr int64_t kParallelPrepareValues = 16384;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -111,6 +112,21 @@ void RunTasks(const MatmulOptions& options, int64_t count, const Body& body) {
     run();
   }
   HappensAfter();
+}
+
+// body(first, last) over rows [0, rows): at once on the caller's thread for
+// one row or fewer than kParallelPrepareValues `values`, else in pieces of
+// whole rows, two per thread, through RunTasks.
+template <typename Body>
+void ForRows(const MatmulOptions& options, int64_t threads, int64_t rows, int64_t values,
+             const Body& body) {
+  if (threads <= 1 || rows <= 1 || values < kParallelPrepareValues) return body(0, rows);
+  const int64_t piece = CeilDiv(rows, 2 * threads);
+  RunTasks(options, CeilDiv(rows, piece), [&](int64_t task) {
+    HappensAfter();
+    body(task * piece, std::min(rows, (task + 1) * piece));
+    HappensBefore();
+  });
 }
 
 TileFn KernelFor(SimdTarget target) {
@@ -495,17 +511,7 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   };
   const int64_t threads = options.arena != nullptr ? options.arena->max_concurrency()
                                                    : tbb::this_task_arena::max_concurrency();
-  if (threads > 1 && rows > 1 && rows * k >= kParallelPrepareValues) {
-    // Pieces of whole rows, two per thread.
-    const int64_t piece = CeilDiv(rows, 2 * threads);
-    RunTasks(options, CeilDiv(rows, piece), [&](int64_t task) {
-      HappensAfter();
-      prepare_rows(task * piece, std::min(rows, (task + 1) * piece));
-      HappensBefore();
-    });
-  } else {
-    prepare_rows(0, rows);
-  }
+  ForRows(options, threads, rows, rows * k, prepare_rows);
   const float* x_scaled = scaled_exactly.load(std::memory_order_relaxed) ? scaled : nullptr;
 
   // INT8 and BF16 read their prepared input (kernel_args.h).
@@ -619,15 +625,19 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   };
   RunTasks(options, blocks * chunks, run_task);
 
-  // Epilogue: bias, then the output dtype.
+  // Epilogue: bias, then the output dtype; on all the call's threads for
+  // many outputs, like the preparation.
   if (direct && bias == nullptr) return;
-  for (int64_t m = 0; m < rows; ++m) {
-    for (int64_t n = 0; n < w.n_; ++n) {
-      float v = ybuf[m * y_stride + n];
-      if (bias != nullptr) v += bias[n];
-      StoreFloat(y_dtype, y, static_cast<size_t>(m * w.n_ + n), v);
+  auto finish_rows = [&](int64_t first, int64_t last) {
+    for (int64_t m = first; m < last; ++m) {
+      for (int64_t n = 0; n < w.n_; ++n) {
+        float v = ybuf[m * y_stride + n];
+        if (bias != nullptr) v += bias[n];
+        StoreFloat(y_dtype, y, static_cast<size_t>(m * w.n_ + n), v);
+      }
     }
-  }
+  };
+  ForRows(options, threads, rows, rows * w.n_, finish_rows);
 }
 
 }  // namespace qlinear

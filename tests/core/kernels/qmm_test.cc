@@ -181,36 +181,44 @@ TEST(BatchInvarianceTest, TinyInputsChangeThePathNotTheBits) {
 }
 
 // A call of many rows prepares them (widening, group sums, pre-scaling)
-// on all its threads, a few rows per task: the bits are those of the
-// rows computed alone, also when the one row too small to pre-scale lies
-// in a task other than the first, and when the input is float16.
+// and finishes them (bias, output dtype) on all its threads, a few rows
+// per task: the bytes are those of the rows computed alone, also when the
+// one row too small to pre-scale lies in a task other than the first, and
+// with float16 inputs or outputs.
 TEST(BatchInvarianceTest, RowsPreparedOnSeveralThreadsKeepTheirBits) {
-  const int64_t n = 48, k = 1024, rows = 64;  // 65536 inputs: prepared in parallel
+  // 65,536 inputs and 19,200 outputs (not whole tiles: through scratch):
+  // both phases in parallel.
+  const int64_t n = 300, k = 1024, rows = 64;
   const QuantParams p{QuantMode::kAffine, 4, 64};
   const PackedMatrix packed = PackedMatrix::Pack(MakeLayer(p, n, k, 31));
+  std::vector<float> bias(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) bias[static_cast<size_t>(i)] = 0.125f * static_cast<float>(i % 7);
   tbb::task_arena one(1), four(4);
   for (bool tiny : {false, true}) {
     for (DType x_dtype : {DType::kF32, DType::kF16}) {
+      // Row 50 below 2^-96 throughout: a float16 input cannot hold it.
+      if (tiny && x_dtype != DType::kF32) continue;
       std::vector<uint8_t> x = Random(x_dtype, rows * k, 32);
       if (tiny) {
-        // Row 50 below 2^-96 throughout: a float16 input cannot hold it.
-        if (x_dtype != DType::kF32) continue;
         float* xf = reinterpret_cast<float*>(x.data());
         for (int64_t i = 0; i < k; ++i) xf[50 * k + i] *= 0x1p-110f;
       }
       const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(x_dtype);
-      std::vector<float> alone(static_cast<size_t>(rows * n));
-      for (int64_t r = 0; r < rows; ++r) {
-        QuantizedMatmul(packed, x_dtype, x.data() + r * row_bytes, 1, nullptr, DType::kF32,
-                        alone.data() + r * n, {.target = SimdTarget::kPortable, .arena = &one});
-      }
-      for (const Path& path : Paths()) {
-        std::vector<float> y(static_cast<size_t>(rows * n));
-        QuantizedMatmul(packed, x_dtype, x.data(), rows, nullptr, DType::kF32, y.data(),
-                        {.target = path.target, .strategy = path.strategy, .arena = &four});
-        EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
-            << path.name() << (tiny ? ", with a tiny row" : "") << ", x "
-            << DTypeName(x_dtype);
+      for (DType y_dtype : {DType::kF32, DType::kF16}) {
+        const size_t y_row = static_cast<size_t>(n) * DTypeSize(y_dtype);
+        std::vector<uint8_t> alone(rows * y_row);
+        for (int64_t r = 0; r < rows; ++r) {
+          QuantizedMatmul(packed, x_dtype, x.data() + r * row_bytes, 1, bias.data(), y_dtype,
+                          alone.data() + r * y_row,
+                          {.target = SimdTarget::kPortable, .arena = &one});
+        }
+        for (const Path& path : Paths()) {
+          std::vector<uint8_t> y(rows * y_row);
+          QuantizedMatmul(packed, x_dtype, x.data(), rows, bias.data(), y_dtype, y.data(),
+                          {.target = path.target, .strategy = path.strategy, .arena = &four});
+          EXPECT_EQ(y, alone) << path.name() << (tiny ? ", with a tiny row" : "") << ", x "
+                              << DTypeName(x_dtype) << ", y " << DTypeName(y_dtype);
+        }
       }
     }
   }
