@@ -511,7 +511,9 @@ void QuantizedMatmul(const PackedMatrix& w, DType x_dtype, const void* x,
   };
   const int64_t threads = options.arena != nullptr ? options.arena->max_concurrency()
                                                    : tbb::this_task_arena::max_concurrency();
-  ForRows(options, threads, rows, rows * k, prepare_rows);
+  if (widened != nullptr || precision == Precision::kExact) {
+    ForRows(options, threads, rows, rows * k, prepare_rows);
+  }
   const float* x_scaled = scaled_exactly.load(std::memory_order_relaxed) ? scaled : nullptr;
 
   // INT8 and BF16 read their prepared input (kernel_args.h).

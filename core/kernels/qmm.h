@@ -44,15 +44,16 @@ SimdTarget DefaultSimdTarget();
 // gives the same bits (kernel_args.h's sequence), only speed differs.
 //   kRegister: codes decoded in registers, shared by up to 8 rows
 //              (qmm_avx512.cc).
-//   kPanel:    a block's codes decoded once per call, 1024 inputs at a
+//   kPanel:    a block's codes decoded once per task, 1024 inputs at a
 //              time, into a float32 panel in L2, then a 6-row x 64-output
 //              micro-kernel over every row (qmm_panel_avx512.cc), the
 //              GEMM-style strategy.
 //   kAuto:     ChooseStrategy's rule.
 // Measured (docs/performance.md, N = K = 4096 4-bit): on a 16-core Xeon
-// the panel is level with the register kernel to 10 % faster at M = 128
-// and slower at M = 32 (16 threads, noisy runs); on Zen 5 its first form
-// lost at few rows and won no clear margin at 32 or 128. So kAuto runs
+// the panel is within a few per cent of the register kernel at M = 128
+// (16 threads: 1-6 % faster in three alternating rounds, 5 % slower in
+// another run) and slower at M <= 32; on Zen 5 its first form lost at few
+// rows and won no clear margin at 32 or 128. So kAuto runs
 // the register kernel; the panel is there to be asked for
 // (QLINEAR_KERNEL=panel) and measured on other CPUs. Other targets and
 // precisions run their tile kernels whatever is asked.

@@ -6,10 +6,10 @@
 // ALU work of the decode competes with the FMAs for the same ports (Intel's
 // 512-bit pipes), that costs many-row products a fifth of their speed.
 // Here a block's 4 tiles (64 outputs) have kChunkK inputs of codes decoded
-// once per call into a panel of float32 values, [kChunkK][64] (256 KiB,
+// once per task (a block over a chunk of the call's rows, qmm.cc) into a panel of float32 values, [kChunkK][64] (256 KiB,
 // which stays in L2), and a register-blocked micro-kernel (6 rows x 64
 // outputs of accumulators: 4 panel loads and 6 broadcasts per 24 FMAs)
-// runs every row of the call over it, each row's inputs read in place as
+// runs every row of the task over it, each row's inputs read in place as
 // one sequential stream.
 //
 // The arithmetic is kernel_args.h's sequence, operation for operation:
@@ -23,8 +23,9 @@
 // The outputs' partial sums live in y between groups.
 //
 // Measured (docs/performance.md, 2026-12-03): at M = 128 on a 16-core
-// Xeon, level with the tile kernel to 10 % faster, slower at M = 32; still
-// 1.5x behind ONNX Runtime's fp32 GEMM on the same host. So it runs only
+// Xeon, 1-6 % faster than the tile kernel in three alternating rounds
+// (5 % slower in another run), slower at M <= 32; 1.21-1.28x behind ONNX Runtime's fp32 compute in the
+// same run. So it runs only
 // when asked for (qmm.h's KernelStrategy). A micro-benchmark of this
 // micro-kernel on an Emerald Rapids core: 84 % of the FMA peak with its
 // panel in L1, 70 % with it in L2; the first design (one group decoded
@@ -50,10 +51,11 @@ constexpr int kPanelN = kBlockTiles * kTileN;
 // Rows of the micro-kernel: 6 rows x 4 tiles of accumulators (24
 // registers, beside the 4 panel vectors of one k).
 constexpr int kPanelRows = 6;
-// Inputs decoded per panel: a whole number of groups of every size (32, 64
-// or 128), 256 KiB of float32 for the block, which stays in L2 while every
-// row of the call runs over it.
+// Inputs decoded per panel: a whole number of groups of every size (16 for
+// nvfp4, 32, 64 or 128), 256 KiB of float32 for the block, which stays in
+// L2 while every row of the task runs over it.
 constexpr int64_t kChunkK = 1024;
+static_assert(kChunkK % 128 == 0);
 
 // The code in bits [I*B, I*B+B) of each lane of w, as its float32 value.
 template <int B, Decode D, int I>
@@ -140,10 +142,12 @@ void RowBlock(const TileArgs& a, const float* panel, int64_t k0, int64_t n, int 
 // the thread's first panel call and kept for its life (256 KiB each).
 float* PanelBuffer() {
   struct Free {
-    void operator()(float* p) const { std::free(p); }
+    void operator()(float* p) const { ::operator delete(p, std::align_val_t{64}); }
   };
-  thread_local std::unique_ptr<float, Free> buffer(static_cast<float*>(
-      std::aligned_alloc(64, static_cast<size_t>(kChunkK * kPanelN) * sizeof(float))));
+  // A failed allocation throws std::bad_alloc before the variable is
+  // initialized, so the thread's next call tries again.
+  thread_local std::unique_ptr<float, Free> buffer(static_cast<float*>(::operator new(
+      static_cast<size_t>(kChunkK * kPanelN) * sizeof(float), std::align_val_t{64})));
   return buffer.get();
 }
 
@@ -152,7 +156,6 @@ void Panel(const TileArgs& a) {
   const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f,
                                     -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
   float* panel = PanelBuffer();
-  if (panel == nullptr) throw std::bad_alloc();
   for (int64_t k0 = 0; k0 < a.k; k0 += kChunkK) {
     const int64_t n = a.k - k0 < kChunkK ? a.k - k0 : kChunkK;
     DecodePanel<B, D>(a, k0, n, lut, panel);

@@ -186,9 +186,9 @@ TEST(BatchInvarianceTest, TinyInputsChangeThePathNotTheBits) {
 // one row too small to pre-scale lies in a task other than the first, and
 // with float16 inputs or outputs.
 TEST(BatchInvarianceTest, RowsPreparedOnSeveralThreadsKeepTheirBits) {
-  // 65,536 inputs and 19,200 outputs (not whole tiles: through scratch):
-  // both phases in parallel.
-  const int64_t n = 300, k = 1024, rows = 64;
+  // 62,464 inputs and 18,300 outputs (not whole tiles: through scratch):
+  // both passes in parallel.
+  const int64_t n = 300, k = 1024, rows = 61;  // 8 pieces of 8 rows on 4 threads, the last of 5
   const QuantParams p{QuantMode::kAffine, 4, 64};
   const PackedMatrix packed = PackedMatrix::Pack(MakeLayer(p, n, k, 31));
   std::vector<float> bias(static_cast<size_t>(n));
@@ -219,6 +219,34 @@ TEST(BatchInvarianceTest, RowsPreparedOnSeveralThreadsKeepTheirBits) {
           EXPECT_EQ(y, alone) << path.name() << (tiny ? ", with a tiny row" : "") << ", x "
                               << DTypeName(x_dtype) << ", y " << DTypeName(y_dtype);
         }
+      }
+    }
+  }
+}
+
+// Inputs longer than one panel chunk (qmm_panel_avx512.cc decodes 1024 at
+// a time), with a short last chunk, in batches whose rows are not whole
+// micro-kernel blocks: every path gives the bits of the rows computed
+// alone, in every format.
+TEST(BatchInvarianceTest, LongInputsKeepTheirBitsOnEveryPath) {
+  const int64_t n = 80, k = 2560;  // chunks of 1024, 1024 and 512 inputs
+  tbb::task_arena two(2);
+  for (const QuantParams& p : AllQuantParams()) {
+    const PackedMatrix packed = PackedMatrix::Pack(MakeLayer(p, n, k, 41));
+    for (int64_t rows : {1, 9, 15}) {
+      const std::vector<uint8_t> x = Random(DType::kF32, rows * k, 42);
+      const auto* xf = reinterpret_cast<const float*>(x.data());
+      std::vector<float> alone(static_cast<size_t>(rows * n));
+      for (int64_t r = 0; r < rows; ++r) {
+        QuantizedMatmul(packed, DType::kF32, xf + r * k, 1, nullptr, DType::kF32,
+                        alone.data() + r * n, {.target = SimdTarget::kPortable, .arena = &two});
+      }
+      for (const Path& path : Paths()) {
+        std::vector<float> y(static_cast<size_t>(rows * n));
+        QuantizedMatmul(packed, DType::kF32, xf, rows, nullptr, DType::kF32, y.data(),
+                        {.target = path.target, .strategy = path.strategy, .arena = &two});
+        EXPECT_EQ(std::memcmp(y.data(), alone.data(), y.size() * 4), 0)
+            << p.ToString() << " " << path.name() << ", " << rows << " rows";
       }
     }
   }
