@@ -237,22 +237,24 @@ std::string QlinearServer::address() const {
 
 void QlinearServer::SetServing(bool serving) {
   if (shut_down_) return;
-  serving_ = serving;
+  // gRPC health turns before /readyz, so whoever sees /readyz turn sees
+  // health already turned (one probe never contradicts the other after it).
   SetHealth(serving);
+  serving_ = serving;
 }
 
 void QlinearServer::StopAdvertising() {
   if (shut_down_) return;
+  SetHealth(false);  // before /readyz, as in SetServing
   draining_ = true;
-  SetHealth(false);
 }
 
 bool QlinearServer::Shutdown(std::chrono::steady_clock::time_point deadline,
                              Engine::DrainCounts* counts) {
   if (shut_down_) return drained_;
   shut_down_ = true;
+  SetHealth(false);  // before /readyz, as in SetServing
   draining_ = true;
-  SetHealth(false);
   data_->BeginDrain();  // streams stop reading, answer what they hold, end UNAVAILABLE
   drained_ = engine_->Drain(deadline, counts);
   // Every accepted Forward is answered now; let the answers leave (a large
