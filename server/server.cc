@@ -237,10 +237,16 @@ std::string QlinearServer::address() const {
 
 void QlinearServer::SetServing(bool serving) {
   if (shut_down_) return;
-  // gRPC health turns before /readyz, so whoever sees /readyz turn sees
-  // health already turned (one probe never contradicts the other after it).
-  SetHealth(serving);
-  serving_ = serving;
+  // gRPC health says SERVING only while /readyz says ready: it turns after
+  // /readyz on the way up and before it on the way down, so a probe that
+  // saw one turn never finds the other behind it.
+  if (serving) {
+    serving_ = true;
+    SetHealth(true);
+  } else {
+    SetHealth(false);
+    serving_ = false;
+  }
 }
 
 void QlinearServer::StopAdvertising() {

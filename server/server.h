@@ -83,9 +83,10 @@ class QlinearServer {
   // outcome: "tokens_reloaded" with the counts and names, or an error line
   // naming the file that kept its previous tokens. Safe from any thread.
   absl::Status ReloadTokens();
-  // SetServing sets the grpc.health.v1 status of every service name, then
-  // /readyz (health first: a probe that sees /readyz turn sees health
-  // turned too). No effect once Shutdown has begun.
+  // SetServing sets the grpc.health.v1 status of every service name and
+  // /readyz; health says SERVING only while /readyz says ready (it turns
+  // second on the way up, first on the way down, here and in
+  // StopAdvertising and Shutdown). No effect once Shutdown has begun.
   void SetServing(bool serving);
   // StopAdvertising turns health NOT_SERVING and /readyz to 503 ("draining")
   // for good while every request is still accepted and served: the first
