@@ -157,6 +157,9 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", options.listen, "': ", WhyNoBind(options.listen)));
   }
+  // gRPC's health service starts with "" SERVING: NOT_SERVING at once
+  // (microseconds after the port opened), until SetHealth below.
+  s->server_->GetHealthCheckService()->SetServingStatus("", false);
   if (!options.admin_listen.empty()) {
     grpc::ServerBuilder admin;
     admin.AddListeningPort(options.admin_listen, *credentials, &s->admin_port_);
@@ -169,6 +172,7 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
                                                  options.admin_listen,
                                                  "': ", WhyNoBind(options.admin_listen)));
     }
+    s->admin_server_->GetHealthCheckService()->SetServingStatus("", false);  // the same
   }
   s->serving_ = options.serving_on_start;
   s->SetHealth(options.serving_on_start);
@@ -236,7 +240,7 @@ std::string QlinearServer::address() const {
 }
 
 void QlinearServer::SetServing(bool serving) {
-  if (shut_down_) return;
+  if (shut_down_ || draining_) return;  // StopAdvertising holds for good
   // gRPC health says SERVING only while /readyz says ready: it turns after
   // /readyz on the way up and before it on the way down, so a probe that
   // saw one turn never finds the other behind it.

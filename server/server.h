@@ -86,7 +86,8 @@ class QlinearServer {
   // SetServing sets the grpc.health.v1 status of every service name and
   // /readyz; health says SERVING only while /readyz says ready (it turns
   // second on the way up, first on the way down, here and in
-  // StopAdvertising and Shutdown). No effect once Shutdown has begun.
+  // StopAdvertising and Shutdown). No effect once StopAdvertising or
+  // Shutdown has begun.
   void SetServing(bool serving);
   // StopAdvertising turns health NOT_SERVING and /readyz to 503 ("draining")
   // for good while every request is still accepted and served: the first

@@ -74,8 +74,8 @@ constexpr int64_t kPanelChunkRows = 24;
 // (QuantizedMatmul).
 constexpr int64_t kParallelPrepareValues = 16384;
 
-// The most input (float32 rows of k: 16 rows at k = 4096) one tile-kernel
-// task takes, so that tasks are small beside a call and many per thread
+// The most input (float32 rows of k: 16 rows at k = 4096; one row block of
+// kMaxRows when that alone holds more) one tile-kernel task takes, so that tasks are small beside a call and many per thread
 // for large batches: a thread that falls behind (an interrupt, another
 // tenant) then delays the call's end by a small task, not by a quarter of
 // it. Measured on the 16-core Xeon at 16 threads, N = K = 4096 4-bit, two

@@ -226,15 +226,16 @@ TEST(BatchInvarianceTest, RowsPreparedOnSeveralThreadsKeepTheirBits) {
 
 // Inputs longer than one panel chunk (qmm_panel_avx512.cc decodes 1024 at
 // a time), with a short last chunk, in batches whose rows are not whole
-// micro-kernel blocks, and (40 rows) more than one tile-kernel task holds
-// (24 rows of this k: qmm.cc's kTaskInputBytes): every path gives the bits
-// of the rows computed alone, in every format.
+// micro-kernel blocks, and (100 rows) in chunks that qmm.cc's
+// kTaskInputBytes bounds (24 rows of this k, where halving for two threads
+// would stop at 32): every path gives the bits of the rows computed alone,
+// in every format.
 TEST(BatchInvarianceTest, LongInputsKeepTheirBitsOnEveryPath) {
   const int64_t n = 80, k = 2560;  // chunks of 1024, 1024 and 512 inputs
   tbb::task_arena two(2);
   for (const QuantParams& p : AllQuantParams()) {
     const PackedMatrix packed = PackedMatrix::Pack(MakeLayer(p, n, k, 41));
-    for (int64_t rows : {1, 9, 15, 40}) {
+    for (int64_t rows : {1, 9, 15, 100}) {
       const std::vector<uint8_t> x = Random(DType::kF32, rows * k, 42);
       const auto* xf = reinterpret_cast<const float*>(x.data());
       std::vector<float> alone(static_cast<size_t>(rows * n));
