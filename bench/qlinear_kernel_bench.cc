@@ -263,7 +263,7 @@ void RegisterAll(bool full_grid) {
       }
     }
     for (DType xd : {DType::kF32, DType::kF16, DType::kBF16}) {
-      for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 128, 256}) cases.push_back({b4, xd, n, k, m});
+      for (int64_t m : {1, 2, 4, 8, 16, 29, 32, 64, 128, 256}) cases.push_back({b4, xd, n, k, m});
     }
   }
   // A layer of one 64-output block: only the split of rows among tasks

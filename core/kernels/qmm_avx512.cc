@@ -16,6 +16,8 @@
 // with other translation units (kernel_args.h's helpers are static).
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "core/kernels/kernel_args.h"
 #include "core/kernels/simd_params.h"
 
@@ -178,7 +180,7 @@ void ByTiles(const TileArgs& a) {
   // Measured on Zen 4 (N=K=4096, 4-bit): 8 rows x 1 tile beat 4 x 2, 4 x 4
   // and 8 x 2 (which spills); one row needs several tiles for independent
   // FMA chains.
-  constexpr int kT = R == 1 ? 4 : R == 2 ? 4 : R == 4 ? 2 : 1;
+  constexpr int kT = R <= 2 ? 4 : R <= 4 ? 2 : 1;
   int done = 0;
   while (done < a.tiles) {
     const TileArgs part = FromTile(a, done);
@@ -196,27 +198,25 @@ void ByTiles(const TileArgs& a) {
   }
 }
 
-// Rows in blocks of 8, then 4, 2, 1: every row still sees the same per-output
-// sequence, only the register blocking changes.
+// One register block of exactly `rows` rows (1 .. R).
+template <int B, Decode D, bool kScaled, int R = kMaxRows>
+void RowBlock(const TileArgs& a, int rows) {
+  if constexpr (R > 1) {
+    if (rows < R) return RowBlock<B, D, kScaled, R - 1>(a, rows);
+  }
+  ByTiles<B, D, kScaled, R>(a);
+}
+
+// Rows in blocks of 8, then one block of the 1 to 7 left (with 1 to 4
+// rows, several tiles per block): every row still sees the same per-output
+// sequence, only the register blocking changes. (The rest as blocks of 4,
+// 2, 1: 29 rows on 2 threads measured 5 % slower.)
 template <int B, Decode D, bool kScaled>
 void ByRows(const TileArgs& a) {
-  int done = 0;
-  while (done < a.rows) {
-    const TileArgs part = FromRow(a, done);
-    const int left = a.rows - done;
-    if (left >= 8) {
-      ByTiles<B, D, kScaled, 8>(part);
-      done += 8;
-    } else if (left >= 4) {
-      ByTiles<B, D, kScaled, 4>(part);
-      done += 4;
-    } else if (left >= 2) {
-      ByTiles<B, D, kScaled, 2>(part);
-      done += 2;
-    } else {
-      ByTiles<B, D, kScaled, 1>(part);
-      done += 1;
-    }
+  for (int done = 0; done < a.rows;) {
+    const int rows = std::min(a.rows - done, kMaxRows);
+    RowBlock<B, D, kScaled>(FromRow(a, done), rows);
+    done += rows;
   }
 }
 

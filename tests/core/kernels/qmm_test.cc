@@ -125,7 +125,7 @@ TEST(BatchInvarianceTest, RowsAloneEqualRowsInAnyBatch) {
     }
     for (const Path& path : Paths()) {
       for (tbb::task_arena* arena : {&one, &two, &four}) {
-        for (int64_t batch : {1, 2, 7, 13, 30, 64, 256}) {
+        for (int64_t batch : {1, 2, 3, 7, 13, 30, 64, 256}) {
           std::vector<float> y(static_cast<size_t>(total * n));
           for (int64_t r = 0; r < total; r += batch) {
             const int64_t rows = std::min(batch, total - r);
