@@ -12,7 +12,8 @@
 // stores them for ref/ and sgemm/).
 //
 // The default run covers N=K=4096: every format with f32 x at M ∈ {1, 8, 32,
-// 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256} for every x dtype, the cold
+// 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256} and 29 (a batch the server
+// forms on 2 cores; not a whole number of row blocks) for every x dtype, the cold
 // (DRAM) M=1 and M=8 cases with the plain read beside them, the reference
 // at M <= 8 and OpenBLAS beside each. Passing --benchmark_filter also
 // registers N=11008,K=4096 and N=4096,K=11008.
