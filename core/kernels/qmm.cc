@@ -75,13 +75,14 @@ constexpr int64_t kPanelChunkRows = 24;
 constexpr int64_t kParallelPrepareValues = 16384;
 
 // The most input (float32 rows of k: 16 rows at k = 4096; one row block of
-// kMaxRows when that alone holds more) one tile-kernel task takes, so that tasks are small beside a call and many per thread
-// for large batches: a thread that falls behind (an interrupt, another
-// tenant) then delays the call's end by a small task, not by a quarter of
-// it. Measured on the 16-core Xeon at 16 threads, N = K = 4096 4-bit, two
-// runs of alternating calls (docs/performance.md): M=128 3.38 and 3.29 ms
-// against 3.88 and 3.89 with one block of all 128 rows per task (four per
-// thread); 8 rows per task about as fast, 32 slower.
+// kMaxRows when that alone holds more) one tile-kernel task takes, so that
+// tasks are small beside a call and many per thread for large batches: a
+// thread that falls behind (an interrupt, another tenant) then delays the
+// call's end by a small task, not by a quarter of it. Measured on the
+// 16-core Xeon at 16 threads, N = K = 4096 4-bit, two runs of alternating
+// calls (docs/performance.md): M=128 3.38 and 3.29 ms against 3.88 and
+// 3.89 with one block of all 128 rows per task (four per thread); 8 rows
+// per task about as fast, 32 slower.
 constexpr int64_t kTaskInputBytes = 256 << 10;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -559,7 +559,8 @@ TEST_F(OpsHttpTest, ReadyzAndHealthFollowLoadingAndDrain) {
     EXPECT_TRUE(WaitFor([&] {
       h = client->Health(service);
       return h.ok() && *h == Serving::SERVING;
-    })) << "'" << service << "': " << (h.ok() ? Serving::ServingStatus_Name(*h) : h.status().ToString());
+    })) << "'" << service << "': "
+        << (h.ok() ? Serving::ServingStatus_Name(*h) : h.status().ToString());
   }
 
   // Drain: one accepted request of several batches (about 0.1 s each here)
