@@ -402,15 +402,14 @@ int RunBench(int argc, char** argv) {
   // Send `call` (again, for a retry: one request, counted once with its
   // final outcome, its latency from the first send).
   std::atomic<uint64_t> retried{0};
-  std::function<void(Clock::time_point)> issue;
+  // Sends one more request, false once --requests have all been sent.
+  std::function<bool(Clock::time_point)> issue;
   std::function<void(std::shared_ptr<Call>)> send;
   std::vector<std::unique_ptr<BenchStream>> streams;
   // One request done (answered, or lost with its stream): in a closed loop
   // an answer issues the next; then it no longer counts as in flight.
   auto done_one = [&](bool answered) {
-    bool again = answered && concurrency > 0 && !stop_issuing.load();
-    if (again && requests > 0) again = issued.load() < static_cast<uint64_t>(requests);
-    if (again) issue(Clock::now());
+    if (answered && concurrency > 0 && !stop_issuing.load()) issue(Clock::now());
     std::lock_guard<std::mutex> lock(mu);
     --in_flight;
     cv.notify_all();
@@ -477,10 +476,21 @@ int RunBench(int argc, char** argv) {
     }
   };
 
+  // The next request's number, claimed once: false when --requests have
+  // all been claimed (answers on several threads may ask at once).
+  auto claim = [&](uint64_t* n) {
+    uint64_t next = issued.load();
+    do {
+      if (requests > 0 && next >= static_cast<uint64_t>(requests)) return false;
+    } while (!issued.compare_exchange_weak(next, next + 1));
+    *n = next;
+    return true;
+  };
   // Issue one call; `started` is when it was due (open loop) or sent.
   issue = [&](Clock::time_point started) {
+    uint64_t n = 0;
+    if (!claim(&n)) return false;
     if (use_stream) {  // no Call: the stream holds what is in flight
-      const uint64_t n = issued.fetch_add(1);
       {
         std::lock_guard<std::mutex> lock(mu);
         ++in_flight;
@@ -488,16 +498,17 @@ int RunBench(int argc, char** argv) {
       v1::ForwardRequest r = inputs[n % inputs.size()];
       r.set_request_id(std::to_string(n));
       streams[n % streams.size()]->Send(std::move(r), started);
-      return;
+      return true;
     }
     auto call = std::make_shared<Call>();
-    call->n = issued.fetch_add(1);
+    call->n = n;
     call->started = started;
     {
       std::lock_guard<std::mutex> lock(mu);
       ++in_flight;
     }
     send(std::move(call));
+    return true;
   };
 
   const auto warmup_end = begin + std::chrono::seconds(warmup);
@@ -526,13 +537,15 @@ int RunBench(int argc, char** argv) {
 
   std::thread arrivals;
   if (concurrency > 0) {
-    for (int64_t c = 0; c < concurrency; ++c) issue(Clock::now());
+    for (int64_t c = 0; c < concurrency && issue(Clock::now()); ++c) {
+    }
   } else {
     arrivals = std::thread([&] {
       std::exponential_distribution<double> gap(static_cast<double>(rate));
       std::mt19937_64 arng(7);
       Clock::time_point next = Clock::now();
       while (!stop_issuing.load()) {
+        // Only this thread issues: no sleep past the last request.
         if (requests > 0 && issued.load() >= static_cast<uint64_t>(requests)) break;
         std::this_thread::sleep_until(next);
         issue(next);  // latency counts from the scheduled time

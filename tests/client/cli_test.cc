@@ -410,8 +410,9 @@ TEST_F(CliTest, PrecisionOnForwardBenchAndStats) {
   EXPECT_EQ(exact.Stop(SIGTERM), 0);
 }
 
-// qlinear bench against a real server: the JSON report has every field, and
-// requests_total equals the change in the server's request count.
+// qlinear bench against a real server: the JSON report has every field,
+// requests_total equals the change in the server's request count, and
+// --requests N sends exactly N.
 TEST_F(CliTest, BenchReportMatchesServerStats) {
   ServerProcess server(QLINEAR_SERVER_BINARY, {"--threads", "2"});
   ASSERT_TRUE(server.started());
@@ -455,6 +456,25 @@ TEST_F(CliTest, BenchReportMatchesServerStats) {
   r = Run("bench --target " + target + " --layer nope --concurrency 1 --duration 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  // --requests N sends N, however many are in flight at once: neither a
+  // concurrency above N nor answers arriving together on several threads
+  // may send more.
+  const std::vector<std::pair<std::string, uint64_t>> loads = {
+      {"--concurrency 8 --requests 3", 3},
+      {"--concurrency 8 --requests 3 --stream", 3},
+      {"--concurrency 4 --requests 40", 40},
+      {"--concurrency 4 --requests 40 --stream", 40},
+      {"--rate 400 --requests 5", 5}};
+  for (const auto& [load, asked] : loads) {
+    const uint64_t start = count();
+    r = Run("bench --target " + target + " --layer demo " + load + " --warmup 0 --json");
+    ASSERT_EQ(r.exit_code, 0) << load << ": " << r.err;
+    const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.out;
+    EXPECT_EQ(j["requests_total"].get<uint64_t>(), asked) << load;
+    EXPECT_EQ(j["requests"].get<uint64_t>(), asked) << load;
+    EXPECT_EQ(count() - start, asked) << load;
+  }
 }
 
 // A server that answers with control bytes in a name, an origin and an
