@@ -12,10 +12,10 @@
 // stores them for ref/ and sgemm/).
 //
 // The default run covers N=K=4096: every format with f32 x at M ∈ {1, 8, 32,
-// 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256} and 29 (a batch the server
-// forms on 2 cores; not a whole number of row blocks) for every x dtype, the cold
-// (DRAM) M=1 and M=8 cases with the plain read beside them, the reference
-// at M <= 8 and OpenBLAS beside each. Passing --benchmark_filter also
+// 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256}, 3, 29 and 31 (29: a batch the
+// server forms on 2 cores; 3, 29, 31: not whole numbers of row blocks) for
+// every x dtype, the cold (DRAM) M=1 and M=8 cases with the plain read
+// beside them, the reference at M <= 8 and OpenBLAS beside each. Passing --benchmark_filter also
 // registers N=11008,K=4096 and N=4096,K=11008.
 // Threads: QLINEAR_BENCH_THREADS (default: all cores).
 #include <cblas.h>
@@ -264,7 +264,9 @@ void RegisterAll(bool full_grid) {
       }
     }
     for (DType xd : {DType::kF32, DType::kF16, DType::kBF16}) {
-      for (int64_t m : {1, 2, 4, 8, 16, 29, 32, 64, 128, 256}) cases.push_back({b4, xd, n, k, m});
+      for (int64_t m : {1, 2, 3, 4, 8, 16, 29, 31, 32, 64, 128, 256}) {
+        cases.push_back({b4, xd, n, k, m});
+      }
     }
   }
   // A layer of one 64-output block: only the split of rows among tasks

@@ -1,9 +1,11 @@
 // The AVX2 + FMA tile kernel (compiled with -mavx2 -mfma -mf16c; only called
 // when the CPU has all three). A tile's 16 outputs are two __m256 halves; each lane
 // performs exactly the scalar sequence of kernel_args.h. Codes are decoded
-// in registers and shared by up to 4 rows; 1 row x 4 tiles, 2 x 2 or 4 x 1
-// per call, 8 independent accumulators each.
+// in registers and shared by up to 4 rows; 1 row x 4 tiles, 2 x 2, 3 x 1 or
+// 4 x 1 per call.
 #include <immintrin.h>
+
+#include <algorithm>
 
 #include "core/kernels/kernel_args.h"
 #include "core/kernels/simd_params.h"
@@ -137,25 +139,26 @@ void ByTiles(const TileArgs& a) {
   }
 }
 
-// Rows in blocks of 4 (not E2M1 codes, see above), then 2, 1: every row
-// still sees the same per-output sequence, only the register blocking
-// changes.
+// One register block of exactly `rows` rows (1 .. R).
+template <int B, Decode D, bool kScaled, int R>
+void RowBlock(const TileArgs& a, int rows) {
+  if constexpr (R > 1) {
+    if (rows < R) return RowBlock<B, D, kScaled, R - 1>(a, rows);
+  }
+  ByTiles<B, D, kScaled, R>(a);
+}
+
+// Rows in blocks of 4 (2 for E2M1 codes, see above), then one block of the
+// rows left: every row still sees the same per-output sequence, only the
+// register blocking changes. (The rest as blocks of 2 and 1: M=3 measured
+// 0.91-0.99 against 0.68-0.71 ms, N=K=4096 4-bit on 2 threads of a Xeon.)
 template <int B, Decode D, bool kScaled>
 void ByRows(const TileArgs& a) {
-  int done = 0;
-  while (done < a.rows) {
-    const TileArgs part = FromRow(a, done);
-    const int left = a.rows - done;
-    if (left >= 4 && D != Decode::kFp4) {
-      ByTiles<B, D, kScaled, 4>(part);
-      done += 4;
-    } else if (left >= 2) {
-      ByTiles<B, D, kScaled, 2>(part);
-      done += 2;
-    } else {
-      ByTiles<B, D, kScaled, 1>(part);
-      done += 1;
-    }
+  constexpr int kMaxRows = D == Decode::kFp4 ? 2 : 4;
+  for (int done = 0; done < a.rows;) {
+    const int rows = std::min(a.rows - done, kMaxRows);
+    RowBlock<B, D, kScaled, kMaxRows>(FromRow(a, done), rows);
+    done += rows;
   }
 }
 
