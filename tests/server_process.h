@@ -97,7 +97,11 @@ class ServerProcess {
   bool started() const { return pid_ > 0; }
 
   // WaitServing polls health (at most 30 s: the demo layer takes a moment
-  // to build) until the server reports SERVING.
+  // to build) until the server reports SERVING twice, 50 ms apart. (gRPC's
+  // health service says SERVING from the moment its port opens until the
+  // server turns it NOT_SERVING microseconds later; one answer caught in
+  // that window, on a loaded machine, once let a test go on before the
+  // layers were loaded.)
   bool WaitServing() {
     // Until the port accepts a connection, a gRPC channel would fail and
     // back off for a second or more: wait for the listener first.
@@ -105,10 +109,13 @@ class ServerProcess {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     auto client = Client::Connect(target_);
+    bool serving = false;  // the previous answer said SERVING
     for (int i = 0; i < 600; ++i) {
       if (Exited()) return false;
       auto status = client->Health();
-      if (status.ok() && *status == grpc::health::v1::HealthCheckResponse::SERVING) return true;
+      const bool now = status.ok() && *status == grpc::health::v1::HealthCheckResponse::SERVING;
+      if (now && serving) return true;
+      serving = now;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     return false;
