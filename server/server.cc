@@ -139,6 +139,10 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on a taken port
+  // would then start without a word and take half its connections. Off,
+  // the second one fails with "Address already in use".
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_mb << 20);
   builder.SetMaxSendMessageSize(options.max_message_mb << 20);
@@ -162,6 +166,7 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   s->server_->GetHealthCheckService()->SetServingStatus("", false);
   if (!options.admin_listen.empty()) {
     grpc::ServerBuilder admin;
+    admin.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // as above
     admin.AddListeningPort(options.admin_listen, *credentials, &s->admin_port_);
     admin.SetMaxReceiveMessageSize(options.max_message_mb << 20);
     admin.SetMaxSendMessageSize(options.max_message_mb << 20);

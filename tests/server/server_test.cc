@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -20,6 +21,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -511,6 +513,30 @@ TEST_F(ServerTest, LargeLayersAndInputsStream) {
 
 
 
+
+// The real binary: a second server on a port another one holds fails
+// saying so (gRPC's default SO_REUSEPORT would let it start and take half
+// the connections), and the first one goes on serving.
+TEST(ServerProcessTest, ASecondServerOnATakenPortFailsSayingSo) {
+  ServerProcess first(QLINEAR_SERVER_BINARY, {"--threads", "1"});
+  ASSERT_TRUE(first.started());
+  ASSERT_TRUE(first.WaitServing());
+  const std::string log = ::testing::TempDir() + "second_server.log";
+  // Under `timeout`: a second server that did start would serve forever.
+  const int status = std::system(absl::StrCat("timeout 30 ", QLINEAR_SERVER_BINARY, " --listen ",
+                                              first.target(), " --threads 1 --metrics-listen= >",
+                                              log, " 2>&1")
+                                     .c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  const std::string out = ReadFileBytes(log);
+  EXPECT_THAT(out, ::testing::AllOf(
+                       ::testing::HasSubstr("cannot listen on '" + first.target() + "'"),
+                       ::testing::HasSubstr("Address already in use")));
+  auto health = Client::Connect(first.target())->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, grpc::health::v1::HealthCheckResponse::SERVING);
+}
 
 // The real binary: SIGTERM with requests in flight loses none of them.
 TEST(ServerProcessTest, SigtermFinishesAcceptedRequests) {
