@@ -402,7 +402,7 @@ int RunBench(int argc, char** argv) {
   // Send `call` (again, for a retry: one request, counted once with its
   // final outcome, its latency from the first send).
   std::atomic<uint64_t> retried{0};
-  // Sends one more request, false once --requests have all been sent.
+  // Sends one more request, false once --requests have all been claimed.
   std::function<bool(Clock::time_point)> issue;
   std::function<void(std::shared_ptr<Call>)> send;
   std::vector<std::unique_ptr<BenchStream>> streams;
@@ -476,25 +476,20 @@ int RunBench(int argc, char** argv) {
     }
   };
 
-  // The next request's number, claimed once: false when --requests have
-  // all been claimed (answers on several threads may ask at once).
-  auto claim = [&](uint64_t* n) {
-    uint64_t next = issued.load();
-    do {
-      if (requests > 0 && next >= static_cast<uint64_t>(requests)) return false;
-    } while (!issued.compare_exchange_weak(next, next + 1));
-    *n = next;
-    return true;
-  };
   // Issue one call; `started` is when it was due (open loop) or sent.
   issue = [&](Clock::time_point started) {
     uint64_t n = 0;
-    if (!claim(&n)) return false;
+    {
+      // Claimed and counted in flight at once, so that all_answered below
+      // never sees the last number taken but not yet in flight; false once
+      // --requests are all claimed (answers on several threads may ask).
+      std::lock_guard<std::mutex> lock(mu);
+      n = issued.load();
+      if (requests > 0 && n >= static_cast<uint64_t>(requests)) return false;
+      issued.store(n + 1);
+      ++in_flight;
+    }
     if (use_stream) {  // no Call: the stream holds what is in flight
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        ++in_flight;
-      }
       v1::ForwardRequest r = inputs[n % inputs.size()];
       r.set_request_id(std::to_string(n));
       streams[n % streams.size()]->Send(std::move(r), started);
@@ -503,10 +498,6 @@ int RunBench(int argc, char** argv) {
     auto call = std::make_shared<Call>();
     call->n = n;
     call->started = started;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      ++in_flight;
-    }
     send(std::move(call));
     return true;
   };
@@ -537,7 +528,8 @@ int RunBench(int argc, char** argv) {
 
   std::thread arrivals;
   if (concurrency > 0) {
-    for (int64_t c = 0; c < concurrency && issue(Clock::now()); ++c) {
+    for (int64_t c = 0; c < concurrency; ++c) {
+      if (!issue(Clock::now())) break;  // --requests fewer than the concurrency
     }
   } else {
     arrivals = std::thread([&] {
@@ -565,8 +557,18 @@ int RunBench(int argc, char** argv) {
     std::lock_guard<std::mutex> lock(mu);
     dying.swap(graveyard);
   };
+  // A --requests run is over once its last answer is in: the loop wakes
+  // then, not at its next 1 s tick, so that the run's end (and its rate)
+  // counts every answer and no idle time after them.
+  auto all_answered = [&] {
+    return requests > 0 && issued.load() >= static_cast<uint64_t>(requests) && in_flight == 0;
+  };
   while (true) {
-    std::this_thread::sleep_for(std::chrono::seconds(1));
+    bool answered_all;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      answered_all = cv.wait_for(lock, std::chrono::seconds(1), all_answered);
+    }
     bury();
     const auto now = Clock::now();
     bool measuring;
@@ -578,7 +580,11 @@ int RunBench(int argc, char** argv) {
       start_measuring();
       continue;
     }
-    if (!measuring) continue;
+    if (!measuring) {
+      // All answered within the warm-up: measure (nothing) from its end.
+      if (answered_all) std::this_thread::sleep_until(warmup_end);
+      continue;
+    }
     ++seconds;
     const std::vector<double> rates = window_rates();
     stable = is_stable(rates);
@@ -592,8 +598,7 @@ int RunBench(int argc, char** argv) {
                    static_cast<long long>(seconds), rates.size() > 1 ? rates[rates.size() - 2] : 0.0,
                    p99, static_cast<unsigned long long>(errors));
     }
-    const bool done_by_count = requests > 0 && issued.load() >= static_cast<uint64_t>(requests);
-    if (done_by_count) break;
+    if (answered_all) break;
     // Every stream ended early (a draining server, a deadline): nothing
     // more can be sent, and --requests would wait forever for it; in a
     // closed loop, likewise once nothing is in flight (requests lost with
