@@ -11,12 +11,13 @@
 // scales + biases per second: as the kernel holds them for qmm/, as MLX
 // stores them for ref/ and sgemm/).
 //
-// The default run covers N=K=4096: every format with f32 x at M ∈ {1, 8, 32,
-// 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256}, 3, 29 and 31 (29: a batch the
-// server forms on 2 cores; 3, 29, 31: not whole numbers of row blocks) for
-// every x dtype, the cold (DRAM) M=1 and M=8 cases with the plain read
-// beside them, the reference at M <= 8 and OpenBLAS beside each. Passing --benchmark_filter also
-// registers N=11008,K=4096 and N=4096,K=11008.
+// The default run covers N=K=4096: every format with f32 x at M ∈ {1, 8,
+// 32, 128}, affine b4 g64 at M ∈ {1, 2, 4, ..., 256}, 3, 29 and 31 (29: a
+// batch the server forms on 2 cores; 3, 29, 31: not whole numbers of row
+// blocks) for every x dtype, the cold (DRAM) M=1 and M=8 cases with the
+// plain read beside them, the reference at M <= 8 and OpenBLAS beside each.
+// Passing --benchmark_filter also registers N=11008,K=4096 and
+// N=4096,K=11008.
 // Threads: QLINEAR_BENCH_THREADS (default: all cores).
 #include <cblas.h>
 

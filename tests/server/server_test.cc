@@ -521,11 +521,12 @@ TEST(ServerProcessTest, ASecondServerOnATakenPortFailsSayingSo) {
   ServerProcess first(QLINEAR_SERVER_BINARY, {"--threads", "1"});
   ASSERT_TRUE(first.started());
   ASSERT_TRUE(first.WaitServing());
-  const std::string log = ::testing::TempDir() + "second_server.log";
+  ScopedTempDir dir("second_server");
+  const std::string log = dir.File("second.log");
   // Under `timeout`: a second server that did start would serve forever.
-  const int status = std::system(absl::StrCat("timeout 30 ", QLINEAR_SERVER_BINARY, " --listen ",
-                                              first.target(), " --threads 1 --metrics-listen= >",
-                                              log, " 2>&1")
+  const int status = std::system(absl::StrCat("timeout 30 '", QLINEAR_SERVER_BINARY, "' --listen ",
+                                              first.target(), " --threads 1 --metrics-listen= >'",
+                                              log, "' 2>&1")
                                      .c_str());
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1);
