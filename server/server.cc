@@ -91,6 +91,19 @@ class AdminElsewhere final : public grpc::CallbackGenericService {
   std::string admin_listen_;
 };
 
+// Listen sets `builder` up for one listener (the data port, or the admin
+// one): its address, the message limits, and SO_REUSEPORT off. gRPC turns
+// that on by default, so a second server on a taken port would start
+// without a word and take half its connections; off, it fails with
+// "Address already in use".
+void Listen(const std::string& address, const std::shared_ptr<grpc::ServerCredentials>& credentials,
+            int max_message_mb, grpc::ServerBuilder* builder, int* port) {
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder->AddListeningPort(address, credentials, port);
+  builder->SetMaxReceiveMessageSize(max_message_mb << 20);
+  builder->SetMaxSendMessageSize(max_message_mb << 20);
+}
+
 }  // namespace
 
 std::string BuildInfo() {
@@ -139,13 +152,7 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  // gRPC sets SO_REUSEPORT by default: a second server on a taken port
-  // would then start without a word and take half its connections. Off,
-  // the second one fails with "Address already in use".
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(options.listen, *credentials, &s->port_);
-  builder.SetMaxReceiveMessageSize(options.max_message_mb << 20);
-  builder.SetMaxSendMessageSize(options.max_message_mb << 20);
+  Listen(options.listen, *credentials, options.max_message_mb, &builder, &s->port_);
   // One grpc::Server serves every registered service on all its ports: a
   // separate Admin listener is a second server.
   if (options.admin_listen.empty()) {
@@ -166,10 +173,7 @@ absl::StatusOr<std::unique_ptr<QlinearServer>> QlinearServer::Start(const Server
   s->server_->GetHealthCheckService()->SetServingStatus("", false);
   if (!options.admin_listen.empty()) {
     grpc::ServerBuilder admin;
-    admin.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // as above
-    admin.AddListeningPort(options.admin_listen, *credentials, &s->admin_port_);
-    admin.SetMaxReceiveMessageSize(options.max_message_mb << 20);
-    admin.SetMaxSendMessageSize(options.max_message_mb << 20);
+    Listen(options.admin_listen, *credentials, options.max_message_mb, &admin, &s->admin_port_);
     admin.RegisterService(s->admin_.get());
     s->admin_server_ = admin.BuildAndStart();
     if (s->admin_server_ == nullptr || s->admin_port_ == 0) {

@@ -65,8 +65,8 @@ __attribute__((always_inline)) inline void Step(const __m256i* w, const float* c
 }
 
 // Rows x tiles per call: R * 2T accumulators, 8 of them (6 with 3 rows),
-// independent FMA chains enough to cover the FMA latency; the outputs wait in memory (the
-// compiler keeps what fits), touched once per group.
+// independent FMA chains enough to cover the FMA latency; the outputs wait
+// in memory (the compiler keeps what fits), touched once per group.
 template <int B, Decode D, bool kScaled, int R, int T>
 void Kernel(const TileArgs& a) {
   constexpr int kCpl = 32 / B;
