@@ -427,7 +427,10 @@ TEST_F(CliTest, BenchReportMatchesServerStats) {
     return n;
   };
   const uint64_t before = count();
-  for (const std::string& load : {std::string("--concurrency 4"), std::string("--rate 200")}) {
+  // A rate every build keeps up with: an ASan build on an AVX2-only host
+  // answers ~64 req/s at concurrency 4, and at 200 req/s its answers came
+  // after the 2 s window (none measured).
+  for (const std::string& load : {std::string("--concurrency 4"), std::string("--rate 20")}) {
     const uint64_t start = count();
     RunResult r = Run("bench --target " + target + " --layer demo " + load +
                       " --duration 2 --warmup 1 --json");

@@ -12,6 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <chrono>
@@ -563,21 +564,37 @@ TEST_F(OpsHttpTest, ReadyzAndHealthFollowLoadingAndDrain) {
         << (h.ok() ? Serving::ServingStatus_Name(*h) : h.status().ToString());
   }
 
-  // Drain: one accepted request of several batches (about 0.1 s each here)
-  // is still computing when SIGTERM arrives; readiness and health turn at
-  // once, the request ends OK.
-  constexpr int64_t kRows = 768;
-  std::atomic<bool> answered{false};
-  absl::Status forward_status;
-  std::thread forward([&] {
+  // Drain: one accepted request of several batches is still computing when
+  // SIGTERM arrives; readiness and health turn at once, the request ends
+  // OK. Its size comes from a probe's time, so that it lasts about 2 s
+  // whatever the build: ~0.1 s per 128-row batch in a release build, over
+  // 60 s for 768 rows in an ASan build on an AVX2-only host.
+  auto big_request = [&](int64_t rows) {
     v1::ForwardRequest request;
     request.set_layer("big");
     request.mutable_input()->set_dtype(v1::F16);
-    request.mutable_input()->add_shape(kRows);
+    request.mutable_input()->add_shape(rows);
     request.mutable_input()->add_shape(kK);
-    const std::vector<uint16_t> x(static_cast<size_t>(kRows * kK), FloatToHalfBits(0.25f));
+    const std::vector<uint16_t> x(static_cast<size_t>(rows * kK), FloatToHalfBits(0.25f));
     request.mutable_input()->set_data(x.data(), x.size() * 2);
-    auto r = client->Forward(request);
+    return request;
+  };
+  constexpr int64_t kProbeRows = 8;
+  const auto probe_start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(client->Forward(big_request(kProbeRows)).ok());
+  const double row_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - probe_start).count() /
+      kProbeRows;
+  // At least 2 batches of the default 128 rows, at most the 768 (6 batches)
+  // that a fast build needs to be still computing at the checks below.
+  const int64_t rows = std::clamp<int64_t>(static_cast<int64_t>(2.0 / row_s), 256, 768);
+  Client::Options slow;
+  slow.timeout = std::chrono::seconds(300);  // the server's --drain-timeout-s
+  auto patient = Client::Connect(server.target(), slow);
+  std::atomic<bool> answered{false};
+  absl::Status forward_status;
+  std::thread forward([&] {
+    auto r = patient->Forward(big_request(rows));
     forward_status = r.status();
     answered = true;
   });
@@ -602,7 +619,7 @@ TEST_F(OpsHttpTest, ReadyzAndHealthFollowLoadingAndDrain) {
   }
   EXPECT_FALSE(answered) << "the drain ended before readiness and health were checked";
   forward.join();
-  EXPECT_TRUE(forward_status.ok()) << forward_status;
+  EXPECT_TRUE(forward_status.ok()) << forward_status << " (" << rows << " rows)";
   int exit_status = -2;
   EXPECT_TRUE(server.WaitAtMost(std::chrono::seconds(60), &exit_status));
   EXPECT_EQ(exit_status, 0) << server.Log();
