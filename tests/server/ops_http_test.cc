@@ -509,14 +509,16 @@ void WriteFloatModel(const std::string& path, int64_t n, int64_t k) {
 
 TEST_F(OpsHttpTest, ReadyzAndHealthFollowLoadingAndDrain) {
   constexpr int64_t kN = 8192, kK = 8192;  // a second or so to quantize on one thread
+  // Sanitizer builds compute many times slower: the drain, and the drained
+  // request's deadline below, allow this long.
+  constexpr int kDrainTimeoutS = 300;
   const std::string model = dir_.File("big.safetensors");
   ASSERT_NO_FATAL_FAILURE(WriteFloatModel(model, kN, kK));
   ServerProcess::Options options;
   options.log = dir_.File("server.log");
   ServerProcess server(QLINEAR_SERVER_BINARY,
                        {"--threads", "1", "--model", model, "--metrics-listen", "127.0.0.1:0",
-                        // Sanitizer builds compute many times slower.
-                        "--drain-timeout-s", "300"},
+                        "--drain-timeout-s", std::to_string(kDrainTimeoutS)},
                        options);
   const int port = MetricsPort(server);
   ASSERT_NE(port, 0) << server.Log();
@@ -589,7 +591,7 @@ TEST_F(OpsHttpTest, ReadyzAndHealthFollowLoadingAndDrain) {
   // that a fast build needs to be still computing at the checks below.
   const int64_t rows = std::clamp<int64_t>(static_cast<int64_t>(2.0 / row_s), 256, 768);
   Client::Options slow;
-  slow.timeout = std::chrono::seconds(300);  // the server's --drain-timeout-s
+  slow.timeout = std::chrono::seconds(kDrainTimeoutS);
   auto patient = Client::Connect(server.target(), slow);
   std::atomic<bool> answered{false};
   absl::Status forward_status;
